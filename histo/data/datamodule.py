@@ -1,0 +1,152 @@
+"""From a data config to loaders: resolve the root, index it, split it, and serve the splits."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from histo.data.breakhis import DataError, Index, build_index, class_names
+from histo.data.dataset import ImageDataset
+from histo.data.splits import Split, make_split, read_split
+from histo.data.synthetic import SyntheticSpec, write_dataset
+from histo.data.transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+PREDICT_SPLITS = ("val", "test")
+
+
+def resolve_root(root: str | None, synthetic: dict, synthetic_dir: str | Path) -> Path:
+    """``data.root``, or when it is null the built-in synthetic dataset (written on first use)."""
+    if root:
+        return Path(root).expanduser()
+    spec = SyntheticSpec(**synthetic)
+    key = "-".join(f"{v}" for v in vars(spec).values())
+    path = Path(synthetic_dir) / f"synthetic-{key}"
+    if not (path / "synthetic.json").is_file():
+        log.info("data.root is null: writing the built-in synthetic dataset to %s", path)
+    return write_dataset(path, spec)
+
+
+@dataclass
+class Data:
+    """An indexed dataset with its split: what a run trains and predicts on."""
+
+    index: Index
+    split: Split
+    task: str
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return class_names(self.task)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per image: index columns, ``label`` for the task, and ``split``."""
+        frame = self.index.frame.assign(label=self.index.labels(self.task).to_numpy())
+        return frame.merge(self.split.frame, on="image", validate="one_to_one")
+
+    def summary(self) -> dict:
+        return {
+            **self.index.summary(),
+            "skipped_files": [{"image": p, "reason": why} for p, why in self.index.skipped],
+            "task": self.task,
+            "class_names": list(self.class_names),
+        }
+
+
+def load_data(data_cfg, split_cfg, synthetic_dir: str | Path) -> Data:
+    """Index ``data.root`` and split it as ``split`` says."""
+    root = resolve_root(data_cfg.root, dict(data_cfg.synthetic), synthetic_dir)
+    index = build_index(root, data_cfg.magnification, data_cfg.patient_key)
+    if split_cfg.get("file"):
+        split = read_split(split_cfg.file, index.frame)
+    else:
+        split = make_split(
+            index.frame,
+            index.labels(data_cfg.task),
+            split_cfg.strategy,
+            seed=split_cfg.seed,
+            val_ratio=split_cfg.val_ratio,
+            test_ratio=split_cfg.test_ratio,
+            folds=split_cfg.get("folds", 5),
+            fold=split_cfg.get("fold", 0),
+        )
+    counts = split.counts()
+    for name in ("train", "val", "test"):
+        if counts[name] == 0:
+            raise DataError(
+                f"The {name} split is empty ({counts}); use more data or change split.val_ratio/split.test_ratio."
+            )
+    return Data(index, split, data_cfg.task)
+
+
+class BreakHisDataModule(pl.LightningDataModule):
+    """Train, val and test loaders of one :class:`Data`. ``batch_size`` is the global batch: under
+    DDP each process loads ``batch_size / world_size`` images per step. Prediction serves val and
+    test (in that order) without augmentation."""
+
+    def __init__(
+        self,
+        data: Data,
+        image_size: int,
+        interpolation: str = "bilinear",
+        augment: dict | None = None,
+        batch_size: int = 32,
+        num_workers: int = 4,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+    ):
+        super().__init__()
+        self.data = data
+        self.image_size = image_size
+        self.interpolation = interpolation
+        self.augment = dict(augment or {})
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self._table = data.table
+        self._per_device_batch = batch_size
+
+    def setup(self, stage: str | None = None) -> None:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise ValueError(f"data.batch_size={self.batch_size} must be divisible by the {world} DDP processes.")
+        self._per_device_batch = self.batch_size // world
+
+    def split_table(self, name: str) -> pd.DataFrame:
+        """The rows of one split, in the order its dataset serves them."""
+        return self._table.loc[self._table["split"] == name].reset_index(drop=True)
+
+    def dataset(self, name: str) -> ImageDataset:
+        if name == "train":
+            transform = train_transform(self.image_size, self.interpolation, self.augment)
+        else:
+            transform = eval_transform(self.image_size, self.interpolation)
+        return ImageDataset(self.data.index.root, self.split_table(name), transform)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(name),
+            batch_size=self._per_device_batch,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return [self._loader(name, shuffle=False) for name in PREDICT_SPLITS]

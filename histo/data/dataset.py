@@ -1,0 +1,47 @@
+"""A torch Dataset over the images of one split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from histo.data.breakhis import DataError
+
+cv2.setNumThreads(1)  # one thread per loader worker; more only oversubscribes the cores
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to RGB uint8 (H, W, 3); a clear error naming the file if it cannot be read."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"Cannot read image {path} (missing, truncated or not an image). Replace or remove it.")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class ImageDataset(Dataset):
+    """Rows of ``table`` (columns ``image`` relative to ``root`` and ``label``): each item is
+    ``{"image": uint8 (3, H, W), "label": int, "index": row}``."""
+
+    def __init__(self, root: str | Path, table: pd.DataFrame, transform: A.Compose):
+        self.root = Path(root)
+        self.table = table.reset_index(drop=True)
+        self.transform = transform
+        self._paths = [self.root / p for p in self.table["image"]]
+        self._labels = self.table["label"].to_numpy()
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> dict:
+        image = self.transform(image=read_rgb(self._paths[i]))["image"]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "label": int(self._labels[i]),
+            "index": i,
+        }

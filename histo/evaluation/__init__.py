@@ -1,0 +1,1 @@
+"""Prediction files, run directories and metrics: what every stage after training reads."""

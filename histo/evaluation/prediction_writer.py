@@ -1,0 +1,69 @@
+"""A Lightning callback that turns ``trainer.predict`` output into the prediction files.
+
+Under DDP each process predicts a shard (the distributed sampler may repeat images to even out
+the shards); the callback gathers all shards on rank 0, keeps each image once, checks that every
+image of the split is there, and writes ``predictions/<split>.csv`` (and, when asked,
+``features/<split>.npy`` in the same row order).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+
+from histo.evaluation import predictions
+
+
+class PredictionWriter(pl.Callback):
+    def __init__(self, run_dir: str | Path, splits: tuple[str, ...] = ("val", "test")):
+        self.run_dir = Path(run_dir)
+        self.splits = splits
+        self.written: dict[str, Path] = {}
+        self._parts: dict[int, dict[str, list]] = {}
+
+    def on_predict_epoch_start(self, trainer, pl_module) -> None:
+        self._parts = defaultdict(lambda: defaultdict(list))
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        for key, value in outputs.items():
+            self._parts[dataloader_idx][key].append(value.detach().cpu())
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        for loader_idx, split in enumerate(self.splits):
+            local = {k: torch.cat(v).numpy() for k, v in self._parts[loader_idx].items()}
+            shards = _gather(local)
+            if trainer.is_global_zero:
+                self._write(trainer, split, shards)
+        self._parts = {}
+
+    def _write(self, trainer, split: str, shards: list[dict]) -> None:
+        merged = {k: np.concatenate([s[k] for s in shards if len(s.get(k, []))]) for k in shards[0]}
+        table = trainer.datamodule.split_table(split)
+        index, first = np.unique(merged["index"], return_index=True)  # drops sampler padding
+        if not np.array_equal(index, np.arange(len(table))):
+            missing = sorted(set(range(len(table))) - set(index.tolist()))
+            raise RuntimeError(
+                f"Predictions for the {split} split miss {len(missing)} of {len(table)} images "
+                f"(e.g. {table['image'].iloc[missing[0]]}); limit_predict_batches must stay 1.0."
+            )
+        frame = predictions.make_frame(table, merged["logits"][first], list(trainer.datamodule.data.class_names))
+        self.written[split] = predictions.write(frame, self.run_dir / "predictions" / f"{split}.csv")
+        if "features" in merged:
+            order = table["image"].iloc[index].argsort(kind="stable").to_numpy()  # rows as in the CSV
+            features_path = self.run_dir / "features" / f"{split}.npy"
+            features_path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(features_path, merged["features"][first][order].astype(np.float32))
+
+
+def _gather(local: dict) -> list[dict]:
+    """Every process's arrays, on every process (shards may differ in length)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [local]
+    shards = [None] * dist.get_world_size()
+    dist.all_gather_object(shards, local)
+    return shards

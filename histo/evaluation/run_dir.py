@@ -1,0 +1,70 @@
+"""A training run's directory: where its files are, and its ``run.json`` record.
+
+    <run>/run.json                 what the run was and what it scored (see DESIGN.md)
+    <run>/split.csv                the split it used (fingerprint in run.json)
+    <run>/predictions/{val,test}.csv
+    <run>/checkpoints/*.ckpt       the best checkpoint is named in run.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from histo.evaluation import predictions
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def record_path(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def split_path(self) -> Path:
+        return self.path / "split.csv"
+
+    def predictions_path(self, split: str) -> Path:
+        return self.path / "predictions" / f"{split}.csv"
+
+    def read_predictions(self, split: str) -> pd.DataFrame:
+        return predictions.read(self.predictions_path(split))
+
+    def record(self) -> dict:
+        if not self.record_path.is_file():
+            raise FileNotFoundError(f"{self.path} is not a finished run: {self.record_path} does not exist.")
+        return json.loads(self.record_path.read_text())
+
+    def write_record(self, record: dict) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(_strict_json(record), indent=2, default=str, allow_nan=False)
+        self.record_path.write_text(text + "\n")
+        return self.record_path
+
+    def best_checkpoint(self) -> Path:
+        """The checkpoint the prediction files came from, as recorded in run.json."""
+        ckpt = self.record().get("checkpoint")
+        if not ckpt:
+            raise FileNotFoundError(f"{self.record_path} names no checkpoint (was the run a fast_dev_run?).")
+        path = Path(ckpt)
+        return path if path.is_absolute() else self.path / path
+
+
+def _strict_json(value):
+    """NaN and infinities become null: run.json stays valid JSON for every reader."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value

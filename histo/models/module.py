@@ -1,0 +1,115 @@
+"""The LightningModule: one EfficientNet classifier, its optimisation and its per-epoch metrics.
+
+Batches carry uint8 images; :meth:`Classifier.preprocess` turns them into the normalised float
+input on the device, so the loader moves four times fewer bytes. Checkpoints hold plain
+hyperparameters, so :func:`histo.models.load_classifier` rebuilds a model without Hydra.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from histo.evaluation.epoch_metrics import epoch_metrics
+from histo.models.backbone import create_backbone, normalization
+
+
+class Classifier(pl.LightningModule):
+    def __init__(
+        self,
+        timm_name: str,
+        class_names: list[str],
+        image_size: int,
+        model_name: str | None = None,
+        drop_rate: float = 0.3,
+        freeze_bn: bool = True,
+        pretrained: bool = False,
+        weights: str | None = None,
+        optimizer: str = "adam",
+        backbone_lr: float = 1e-4,
+        head_lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        scheduler: str = "none",
+        warmup_epochs: float = 0.0,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = create_backbone(timm_name, len(class_names), drop_rate, pretrained, weights, freeze_bn)
+        if mean is None or std is None:
+            self.hparams.mean, self.hparams.std = normalization(self.net)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.register_buffer("_mean", 255 * torch.tensor(self.hparams.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("_std", 255 * torch.tensor(self.hparams.std).view(1, -1, 1, 1), persistent=False)
+        self.train_metrics = epoch_metrics(len(class_names), "train/")
+        self.val_metrics = epoch_metrics(len(class_names), "val/")
+        self.save_features = False  # set by the trainer entry point for feature-level stacking
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a normalised float batch (what :meth:`preprocess` returns)."""
+        return self.net(x)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) in 0-255 to the normalised float input of the network."""
+        x = (images.float() - self._mean) / self._std
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if batch["image"].dtype == torch.uint8:
+            batch["image"] = self.preprocess(batch["image"])
+        return batch
+
+    def _step(self, batch: dict, metrics) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = F.cross_entropy(logits, batch["label"])
+        metrics.update(logits.detach().float().softmax(dim=1), batch["label"])
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, self.train_metrics)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss = self._step(batch, self.val_metrics)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(batch["label"]))
+        self.log_dict(self.val_metrics, on_epoch=True)
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        features = self.net.forward_head(self.net.forward_features(batch["image"]), pre_logits=True)
+        out = {"index": batch["index"], "logits": self.net.get_classifier()(features).float()}
+        if self.save_features:
+            out["features"] = features.float()
+        return out
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        head = list(self.net.get_classifier().parameters())
+        head_ids = {id(p) for p in head}
+        backbone = [p for p in self.net.parameters() if p.requires_grad and id(p) not in head_ids]
+        groups = [{"params": backbone, "lr": hp.backbone_lr}, {"params": head, "lr": hp.head_lr}]
+        optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+        if hp.optimizer not in optimizers:
+            raise ValueError(f"optim.optimizer={hp.optimizer!r} is not valid; use one of {', '.join(optimizers)}.")
+        optimizer = optimizers[hp.optimizer](groups, weight_decay=hp.weight_decay)
+        if hp.scheduler == "none":
+            return optimizer
+        if hp.scheduler != "cosine":
+            raise ValueError(f"optim.scheduler={hp.scheduler!r} is not valid; use none or cosine.")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(hp.warmup_epochs * total / max(1, self.trainer.max_epochs))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,26 @@
+"""Write the synthetic BreaKHis tree: ``histo-synth out=<dir> [patients_per_subtype=2 ...]``."""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from histo import CONF_DIR
+from histo.data.breakhis import build_index
+from histo.data.synthetic import SyntheticSpec, write_dataset
+
+log = logging.getLogger("histo.synth")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="synth")
+def main(cfg: DictConfig) -> None:
+    spec = SyntheticSpec(**{k: v for k, v in cfg.items() if k not in ("out", "overwrite")})
+    root = write_dataset(cfg.out, spec, overwrite=cfg.overwrite)
+    log.info("Synthetic BreaKHis at %s: %s", root, build_index(root, check_images=False).summary())
+    log.info("Train on it with: python -m histo.train data.root=%s", root)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Train one model and write its prediction files: ``python -m histo.train [overrides]`` (``histo-train``).
+
+The run directory ends up with ``split.csv``, ``checkpoints/``, ``predictions/{val,test}.csv`` and
+``run.json`` (see :mod:`histo.evaluation.run_dir`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from histo import CONF_DIR
+from histo.data.datamodule import BreakHisDataModule, load_data
+from histo.evaluation import metrics
+from histo.evaluation.prediction_writer import PredictionWriter
+from histo.evaluation.run_dir import RunDir
+from histo.models import Classifier
+
+log = logging.getLogger("histo.train")
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, predict val and test with the best checkpoint, and write run.json; returns the record
+    (empty for a fast_dev_run, which writes no prediction files)."""
+    started = time.time()
+    pl.seed_everything(cfg.seed, workers=True)
+    run = RunDir(cfg.paths.output_dir)
+    data = load_data(cfg.data, cfg.split, cfg.paths.synthetic_dir)
+    data.split.write(run.split_path)
+    log.info("Data: %s", data.index.summary())
+    log.info("Split %s (%s): %s", data.split.strategy, data.split.fingerprint, data.split.counts())
+
+    datamodule = BreakHisDataModule(
+        data,
+        image_size=cfg.model.image_size,
+        interpolation=cfg.data.interpolation,
+        augment=OmegaConf.to_container(cfg.augment, resolve=True),
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers if cfg.data.num_workers is not None else min(8, os.cpu_count() or 1),
+        pin_memory=cfg.data.pin_memory,
+        persistent_workers=cfg.data.persistent_workers,
+    )
+    model = Classifier(
+        timm_name=cfg.model.timm_name,
+        class_names=list(data.class_names),
+        image_size=cfg.model.image_size,
+        model_name=cfg.model.name,
+        drop_rate=cfg.model.drop_rate,
+        freeze_bn=cfg.model.freeze_bn,
+        pretrained=cfg.model.pretrained,
+        weights=cfg.model.weights,
+        channels_last=cfg.model.channels_last,
+        **cfg.optim,
+    )
+    model.save_features = cfg.predict.features
+    writer = PredictionWriter(run.path)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None] + [writer]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    try:
+        trainer.fit(model, datamodule=datamodule)
+        if trainer.fast_dev_run:
+            log.info("fast_dev_run: a smoke test, so no prediction files and no run.json are written.")
+            return {}
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.predict(model, datamodule=datamodule, ckpt_path=best or None, return_predictions=False)
+        if not trainer.is_global_zero:
+            return {}
+        scores = {split: metrics.evaluate(run.read_predictions(split)) for split in ("val", "test")}
+        record = {
+            "model": cfg.model.name,
+            "family": cfg.model.family,
+            "timm_name": cfg.model.timm_name,
+            "image_size": cfg.model.image_size,
+            "seed": cfg.seed,
+            "experiment": cfg.name,
+            "task": data.task,
+            "class_names": list(data.class_names),
+            "split": {
+                **OmegaConf.to_container(cfg.split, resolve=True),
+                "strategy": data.split.strategy,
+                "fingerprint": data.split.fingerprint,
+                "file": run.split_path.name,
+                "counts": data.split.counts(),
+                "test_patients_in_train": data.split.test_patients_in_train(data.index.frame),
+            },
+            "data": data.summary(),
+            "stain": OmegaConf.to_container(cfg.stain, resolve=True),
+            "checkpoint": str(_relative(best, run.path)) if best else None,
+            "best_val_acc": _float(trainer.checkpoint_callback.best_model_score) if best else None,
+            "epochs": trainer.current_epoch,
+            "predictions": {split: f"predictions/{split}.csv" for split in ("val", "test")},
+            "metrics": scores,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "versions": _versions(),
+            "wall_time_s": round(time.time() - started, 1),
+        }
+        run.write_record(record)
+        for lg in trainer.loggers:
+            lg.log_metrics({f"test/{k}": v for k, v in scores["test"]["overall"].items()})
+        _report(run, record)
+        return record
+    finally:
+        _finish_wandb()
+
+
+def _report(run, record: dict) -> None:
+    test = record["metrics"]["test"]["overall"]
+    lines = [f"  {k:<26}{v:.4f}" if isinstance(v, float) else f"  {k:<26}{v}" for k, v in test.items()]
+    log.info(
+        "Test metrics of %s (split %s, %s):\n%s\nPrediction files: %s\nRun record: %s",
+        record["model"], record["split"]["strategy"], record["split"]["fingerprint"], "\n".join(lines),
+        run.path / "predictions", run.record_path,
+    )
+
+
+def _relative(path, base):
+    try:
+        return Path(path).resolve().relative_to(Path(base).resolve())
+    except ValueError:
+        return Path(path)
+
+
+def _float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def _versions() -> dict:
+    names = ("histo", "torch", "torchvision", "timm", "pytorch-lightning", "torchmetrics", "albumentations",
+             "hydra-core", "numpy", "pandas", "scikit-learn")
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run so the next run of a multirun starts its own."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    record = train(cfg)
+    metric = cfg.get("optimized_metric")
+    if metric and record:
+        split, name = metric.split("/", 1)  # e.g. val/balanced_accuracy
+        return record["metrics"][split]["overall"][name]
+    return None
+
+
+if __name__ == "__main__":
+    main()
