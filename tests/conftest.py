@@ -1,0 +1,42 @@
+"""Shared fixtures: a small synthetic BreaKHis tree, the real sample when present, two trained runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import REAL_SAMPLE, SMALL_SPEC, train_config
+
+from histo.data.synthetic import write_dataset
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A synthetic BreaKHis tree: 16 patients (2 per subtype), 2 images per magnification, 64x42 px."""
+    return write_dataset(tmp_path_factory.mktemp("data") / "BreaKHis_v1", SMALL_SPEC)
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    if not REAL_SAMPLE.is_dir():
+        pytest.skip(f"the real BreaKHis sample is not at {REAL_SAMPLE}")
+    return REAL_SAMPLE
+
+
+
+@pytest.fixture(scope="session")
+def trained_runs(synthetic_root, tmp_path_factory) -> list[Path]:
+    """Two finished one-epoch runs (V1-B0 and V2-B0) on the same patient split, with features saved.
+
+    For tests of every stage after training (ensemble, explain, report): read-only, do not modify.
+    """
+    from histo.train import train
+
+    runs = []
+    for model in ("v1_b0", "v2_b0"):
+        out = tmp_path_factory.mktemp(f"run_{model}")
+        cfg = train_config(out, synthetic_root, f"model={model}", "split=patient", "trainer.max_epochs=1",
+                           "predict.features=true")
+        train(cfg)
+        runs.append(out)
+    return runs

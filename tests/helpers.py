@@ -1,0 +1,48 @@
+"""Test helpers: compose real Hydra configs for fast CPU runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from histo import CONF_DIR
+from histo.data.synthetic import SyntheticSpec
+
+REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "breakhis-sample" / "BreaKHis_v1"
+SMALL_SPEC = SyntheticSpec(patients_per_subtype=2, images_per_magnification=2, width=64, height=42, seed=3)
+
+# What every test training run shares: CPU, tiny images, no progress bar, no worker processes.
+FAST = [
+    "trainer=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
+    "model.pretrained=false",
+    "model.image_size=32",
+    "data.num_workers=0",
+    "data.batch_size=16",
+]
+
+
+def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose a real config from conf/ as the command line would, with its run directory set."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in a real run, where the job's config has no hydra node
+    return cfg
+
+
+def train_config(output_dir: Path, data_root: Path, *overrides: str) -> DictConfig:
+    """A train config for a fast CPU run on ``data_root`` writing into ``output_dir``."""
+    return compose_config("train", [*FAST, f"data.root={data_root}", *overrides], output_dir)
