@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
+import pytest
+from helpers import FAST, train_config
 
+from histo.data.breakhis import DataError, build_index
 from histo.evaluation import predictions
 from histo.evaluation.run_dir import RunDir
+from histo.train import train
 
 
 def test_short_run_writes_valid_prediction_files(trained_runs):
@@ -24,3 +31,88 @@ def test_short_run_writes_valid_prediction_files(trained_runs):
         assert record["split"]["test_patients_in_train"] == 0
         assert set(record["metrics"]["test"]["overall"]) >= {"accuracy", "auroc", "patient_recognition_rate"}
         json.loads(run.record_path.read_text())  # strict JSON
+
+
+def test_run_record_describes_the_run(trained_runs):
+    run = RunDir(trained_runs[1])
+    record = run.record()
+    assert record["model"] == "v2_b0" and record["family"] == "v2"
+    assert record["class_names"] == ["benign", "malignant"]
+    assert record["split"]["fingerprint"] == hashlib.sha256(run.split_path.read_bytes()).hexdigest()[:16]
+    assert record["split"]["strategy"] == "patient"
+    assert run.best_checkpoint().is_file()
+    assert record["config"]["model"]["name"] == "v2_b0"
+    assert record["versions"]["torch"] and record["wall_time_s"] > 0
+    # the two fixture runs share one split, so they can be ensembled
+    assert record["split"]["fingerprint"] == RunDir(trained_runs[0]).record()["split"]["fingerprint"]
+    metrics_csv = pd.read_csv(trained_runs[1] / "csv" / "metrics.csv")
+    assert {"train/loss", "val/acc", "val/auroc", "val/balanced_acc", "train/specificity"} <= set(metrics_csv.columns)
+
+
+def test_image_split_records_the_patient_leak(synthetic_root, tmp_path):
+    cfg = train_config(tmp_path, synthetic_root, "split=image", "debug=limit", "trainer.max_epochs=1",
+                       "callbacks.model_checkpoint.save_top_k=0")
+    record = train(cfg)
+    table = build_index(synthetic_root).frame.merge(pd.read_csv(tmp_path / "split.csv"), on="image")
+    train_patients = set(table.loc[table["split"] == "train", "patient"])
+    leaked = set(RunDir(tmp_path).read_predictions("test")["patient"]) & train_patients
+    assert record["split"]["test_patients_in_train"] == len(leaked) > 0
+    assert record["checkpoint"] is None  # no checkpoint kept: predictions from the last weights
+    assert len(RunDir(tmp_path).read_predictions("test")) == record["split"]["counts"]["test"]
+
+
+def test_fast_dev_run_writes_no_prediction_files(synthetic_root, tmp_path):
+    assert train(train_config(tmp_path, synthetic_root, "debug=fdr")) == {}
+    assert not (tmp_path / "predictions").exists() and not (tmp_path / "run.json").exists()
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="data.root=.*is not a directory"):
+        train(train_config(tmp_path, tmp_path / "no-such-dir"))
+
+
+def test_ddp_on_two_cpu_processes_predicts_each_image_once(synthetic_root, tmp_path):
+    """Under DDP the sampler pads uneven shards; the prediction files still list each image once."""
+    index = build_index(synthetic_root)
+    images = sorted(index.frame["image"])
+    roles = ["val"] * 7 + ["test"] * 9 + ["train"] * (len(images) - 16)  # odd: shards are uneven
+    split_file = tmp_path / "odd_split.csv"
+    pd.DataFrame({"image": images, "split": np.random.default_rng(0).permutation(roles)}).to_csv(
+        split_file, index=False)
+    cfg = train_config(tmp_path / "run", synthetic_root, "trainer=ddp_sim", "debug=limit", "trainer.max_epochs=1",
+                       "trainer.enable_progress_bar=false", "data.batch_size=4", f"split.file={split_file}")
+    train(cfg)
+    run = RunDir(tmp_path / "run")
+    assert run.record()["trainer"]["world_size"] == 2
+    for name, n in (("val", 7), ("test", 9)):
+        frame = run.read_predictions(name)
+        assert len(frame) == n and frame["image"].is_unique
+    assert run.record()["split"]["strategy"] == "file"
+
+
+def test_wandb_offline_logs_and_closes_the_run(synthetic_root, tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = train_config(tmp_path, synthetic_root, "logger=wandb", "debug=limit", "trainer.max_epochs=1")
+    record = train(cfg)
+    assert wandb.run is None  # closed, so the next run of a multirun opens its own
+    assert record["metrics"]["test"]["overall"]["n_images"] > 0
+    offline_runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
+
+
+def test_multirun_gives_each_run_its_own_directory(synthetic_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, "-m", "histo.train", "-m", "seed=1,2", *FAST, f"data.root={synthetic_root}",
+         "debug=limit", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(sweep.glob("*_v1_b0"))
+    assert [r.name for r in runs] == ["0_v1_b0", "1_v1_b0"]
+    records = [RunDir(r).record() for r in runs]
+    assert [r["seed"] for r in records] == [1, 2]
+    assert records[0]["split"]["fingerprint"] == records[1]["split"]["fingerprint"]

@@ -162,8 +162,8 @@ def render(spec: SyntheticSpec, patient: dict, magnification: int, seq: int) -> 
     """One RGB uint8 image of a patient at a magnification (deterministic in its arguments)."""
     rng = np.random.default_rng([spec.seed, zlib.crc32(patient["slide"].encode()), magnification, seq])
     w = spec.width
-    # One image in four is 4/460 shorter, as BreaKHis has 700x456 besides 700x460 images.
-    h = spec.height - (max(1, round(4 * spec.height / 460)) if seq % 4 == 0 else 0)
+    # Every other image is 4/460 shorter, as BreaKHis has 700x456 besides 700x460 images.
+    h = spec.height - (max(1, round(4 * spec.height / 460)) if seq % 2 == 0 else 0)
     malignant = patient["tumor"] == "malignant"
     size, density, stroma = _SUBTYPE_LOOK[patient["subtype"]]
     h_conc, e_conc = _stroma(rng, h, w, stroma)
