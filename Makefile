@@ -12,7 +12,6 @@ install: $(VENV)/.installed  ## create .venv and install histo with its dev extr
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[dev]'
 	touch $@
 
