@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from histo.evaluation.run_dir import RunDir
 from histo.models import Classifier
 
 log = logging.getLogger("histo.train")
+# Lightning notes that the module's batch hook wins over the datamodule's: that is the design here.
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
 def train(cfg: DictConfig) -> dict:
@@ -100,6 +104,8 @@ def train(cfg: DictConfig) -> dict:
             "checkpoint": str(_relative(best, run.path)) if best else None,
             "best_val_acc": _float(trainer.checkpoint_callback.best_model_score) if best else None,
             "epochs": trainer.current_epoch,
+            "trainer": {"world_size": trainer.world_size, "precision": str(trainer.precision),
+                        "accelerator": type(trainer.accelerator).__name__},
             "predictions": {split: f"predictions/{split}.csv" for split in ("val", "test")},
             "metrics": scores,
             "config": OmegaConf.to_container(cfg, resolve=True),
