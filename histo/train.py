@@ -61,6 +61,7 @@ def train(cfg: DictConfig) -> dict:
         model_name=cfg.model.name,
         drop_rate=cfg.model.drop_rate,
         freeze_bn=cfg.model.freeze_bn,
+        frozen_layers=cfg.model.frozen_layers,
         pretrained=cfg.model.pretrained,
         weights=cfg.model.weights,
         channels_last=cfg.model.channels_last,

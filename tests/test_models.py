@@ -110,3 +110,19 @@ def test_checkpoint_rebuilds_the_model_without_hydra(trained_runs):
         logits = model(model.preprocess(images)).numpy()
     expected = frame[["logit_benign", "logit_malignant"]].to_numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("timm_name", "frozen", "paper_trainable", "paper_total"), [
+    ("tf_efficientnetv2_b1", 4, 6_774_550, 6_933_686),
+    ("tf_efficientnetv2_b2", 9, 8_506_656, 8_772_192),
+])
+def test_frozen_layers_reproduce_the_papers_trainable_counts(timm_name, frozen, paper_trainable, paper_total):
+    """Keras counts BatchNorm statistics as (non-trainable) parameters; with them the totals agree."""
+    net = create_backbone(timm_name, 2, frozen_layers=frozen, freeze_bn=False)
+    # per BatchNorm channel: 2 affine parameters (frozen in the paper) and 2 running statistics
+    per_two = sum(2 * m.num_features for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad) - per_two
+    assert sum(p.numel() for p in net.parameters()) + per_two == paper_total
+    assert trainable == paper_trainable
+    with pytest.raises(ModelError, match="model.frozen_layers"):
+        create_backbone("tf_efficientnet_b0", 2, frozen_layers=10_000)

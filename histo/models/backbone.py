@@ -20,13 +20,15 @@ def create_backbone(
     pretrained: bool = False,
     weights: str | None = None,
     freeze_bn: bool = True,
+    frozen_layers: int = 0,
 ) -> torch.nn.Module:
     """A timm model whose head is global average pooling, dropout ``drop_rate`` and a linear layer.
 
     ``weights`` (a local timm/PyTorch state dict: .pth, .bin or .safetensors) takes precedence over
     ``pretrained``, which downloads ImageNet weights through timm. The ImageNet classifier is dropped
     either way. With ``freeze_bn`` every BatchNorm keeps its ImageNet statistics and affine
-    parameters (timm's FrozenBatchNorm), as the paper did.
+    parameters (timm's FrozenBatchNorm), as the paper did. ``frozen_layers`` keeps the first that
+    many parameterised layers (convolutions, in network order, BatchNorm not counted) frozen.
     """
     if not timm.is_model(timm_name):
         raise ModelError(f"model.timm_name={timm_name!r} is not a timm model; see timm.list_models('*efficientnet*').")
@@ -48,7 +50,28 @@ def create_backbone(
             "Without internet, fetch them elsewhere (e.g. the Hugging Face repo timm/"
             f"{timm_name}) and pass model.weights=<file>, or train from scratch with model.pretrained=false."
         ) from err
+    freeze_leading_layers(model, frozen_layers)
     return freeze_batch_norm_2d(model) if freeze_bn else model
+
+
+def freeze_leading_layers(model: torch.nn.Module, n: int) -> list[str]:
+    """Stop gradients to the first ``n`` layers that own parameters (BatchNorm excluded); returns their names.
+
+    The paper trained V2-B1 and V2-B2 with Keras' ``model.layers[-300:]`` trainable; that leaves
+    exactly the first 4 (V2-B1) and 9 (V2-B2) convolutions frozen, which ``n`` reproduces.
+    """
+    frozen = []
+    for name, module in model.named_modules():
+        if len(frozen) == n:
+            break
+        own = list(module.parameters(recurse=False))
+        if own and not isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            for p in own:
+                p.requires_grad_(False)
+            frozen.append(name)
+    if len(frozen) < n:
+        raise ModelError(f"model.frozen_layers={n} exceeds the {len(frozen)} parameterised layers of the model.")
+    return frozen
 
 
 def normalization(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

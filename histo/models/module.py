@@ -26,6 +26,7 @@ class Classifier(pl.LightningModule):
         model_name: str | None = None,
         drop_rate: float = 0.3,
         freeze_bn: bool = True,
+        frozen_layers: int = 0,
         pretrained: bool = False,
         weights: str | None = None,
         optimizer: str = "adam",
@@ -40,7 +41,8 @@ class Classifier(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.net = create_backbone(timm_name, len(class_names), drop_rate, pretrained, weights, freeze_bn)
+        self.net = create_backbone(timm_name, len(class_names), drop_rate, pretrained, weights, freeze_bn,
+                                   frozen_layers)
         if mean is None or std is None:
             self.hparams.mean, self.hparams.std = normalization(self.net)
         if channels_last:
