@@ -1,1 +1,2 @@
-"""Prediction files, run directories and metrics: what every stage after training reads."""
+"""What every stage after training reads and computes: prediction files, run directories, metrics
+(image and patient level), patient-bootstrap intervals, McNemar's test, calibration, the paper's numbers."""

@@ -1,0 +1,42 @@
+"""Stacking on logits: a logistic regression on the members' val logits, its strength chosen by CV on val.
+
+Inputs per image: for the binary task each member's log-odds (logit_malignant - logit_benign, the
+only thing softmax sees); for more classes each member's logits centred on their mean. The L2
+strength C is chosen from a grid by the out-of-fold val log loss over patient-grouped folds
+(:mod:`histo.ensemble.folds`), then the model is refitted on all of val and applied to test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+EPS = 1e-15
+
+
+def stack_features(logits: np.ndarray) -> np.ndarray:
+    """(members, images, classes) logits -> (images, features) inputs of the meta-classifier.
+
+    >>> stack_features(np.array([[[0.0, 2.0]], [[1.0, -1.0]]])).tolist()   # binary: per-member log-odds
+    [[2.0, -2.0]]
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.shape[2] == 2:
+        return (logits[:, :, 1] - logits[:, :, 0]).T
+    centred = logits - logits.mean(axis=2, keepdims=True)
+    return centred.transpose(1, 0, 2).reshape(logits.shape[1], -1)
+
+
+def fit(features: np.ndarray, labels: np.ndarray, c: float) -> LogisticRegression:
+    return LogisticRegression(C=c, max_iter=5000).fit(features, labels)
+
+
+def predict(model: LogisticRegression, features: np.ndarray, n_classes: int) -> np.ndarray:
+    """Probabilities over all ``n_classes`` (a class absent from the fitting rows gets 0)."""
+    out = np.zeros((len(features), n_classes))
+    out[:, model.classes_] = model.predict_proba(features)
+    return out
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], EPS, None)).mean())

@@ -1,0 +1,184 @@
+"""table.md: the members and ensembles of one ensemble run side by side, best first, from metrics.json."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from histo.evaluation import paper
+
+COLUMNS = {  # metric -> column title
+    "accuracy": "accuracy",
+    "balanced_accuracy": "bal. acc.",
+    "precision": "precision",
+    "recall": "recall",
+    "specificity": "specificity",
+    "f1": "F1",
+    "auroc": "AUROC",
+    "patient_recognition_rate": "PRR",
+    "patient_vote_accuracy": "patient vote",
+}
+MACRO_NOTE = "Subtype task: precision, recall, specificity, F1 and AUROC are macro averages over the classes present."
+
+
+def render(document: dict, paper_results: pd.DataFrame | None = None) -> str:
+    """The markdown table of a metrics.json ``document``; ``paper_results`` adds the paper's numbers beside ours."""
+    rows = _rows(document)
+    best = document["best_member"]
+    test = document["test"]
+    lines = [
+        f"# Ensemble `{document['name']}`: {_count(document['members'], 'member')}, {_count(document['methods'], 'method')}",
+        "",
+        f"Task {document['task']} ({', '.join(document['class_names'])}"
+        + (f"; positive class {document['positive_class']}" if document["positive_class"] else "")
+        + f"), split `{document['split']['strategy']}` (fingerprint {document['split']['fingerprint']}), "
+        f"test {test['n_images']} images of {test['n_patients']} patients.",
+        "",
+        f"Ranked by {COLUMNS[document['rank_by']]} on test, best first. " + _ci_note(document),
+        "PRR: patient recognition rate, the mean over patients of the share of their images classified correctly "
+        "(Spanhol et al. 2016); patient vote: accuracy of one label per patient from the mean probability of its "
+        "images. ECE: expected calibration error (15 bins). Errors: misclassified test images.",
+        f"McNemar: exact two-sided test of each ensemble against the best member ({best}) on the same test images; "
+        "+a/-b: images only the ensemble / only the member classifies correctly.",
+    ]
+    if document["positive_class"] is None:
+        lines.append(MACRO_NOTE)
+    leaked = document["split"].get("test_patients_in_train")
+    if leaked:
+        lines.append(f"**Warning**: {leaked} test patients also have images in train (split "
+                     f"`{document['split']['strategy']}`): these numbers measure within-patient interpolation.")
+    lines.append("")
+
+    header = ["#", "model", "kind", *COLUMNS.values(), "ECE", "errors", f"vs {best} (McNemar)"]
+    if paper_results is not None:
+        header += ["paper accuracy", "paper bal. acc.", "paper errors"]
+    lines += [_line(header), _line(["---"] * len(header))]
+    for rank, row in enumerate(rows, start=1):
+        overall, ci = row["test"]["overall"], row["test"].get("ci", {}).get("overall", {})
+        cells = [str(rank), row["name"], row["kind"]]
+        cells += [_cell(overall.get(metric), ci.get(metric)) for metric in COLUMNS]
+        cells += [_number(overall.get("ece")), str(_errors(overall)), _mcnemar(row, best)]
+        if paper_results is not None:
+            cells += _paper_cells(paper_results, row["paper_key"])
+        lines.append(_line(cells))
+
+    lines += ["", f"## Per magnification: {COLUMNS[document['rank_by']]}", ""]
+    magnifications = sorted({m for row in rows for m in row["test"]["per_magnification"]}, key=int)
+    lines += [_line(["model", *[f"{m}x" for m in magnifications]]), _line(["---"] * (len(magnifications) + 1))]
+    for row in rows:
+        per_mag = row["test"]["per_magnification"]
+        per_mag_ci = row["test"].get("ci", {}).get("per_magnification", {})
+        lines.append(_line([row["name"], *[
+            _cell(per_mag.get(m, {}).get(document["rank_by"]), per_mag_ci.get(m, {}).get(document["rank_by"]))
+            for m in magnifications
+        ]]))
+
+    if document.get("calibrate"):
+        lines += ["", "## Calibration: temperature scaling fitted on val, applied to test", "",
+                  _line(["model", "temperature", "fitted on", "ECE before", "ECE after", "log loss before",
+                         "log loss after"]),
+                  _line(["---"] * 7)]
+        for row in rows:
+            cal = row["calibration"]
+            lines.append(_line([
+                row["name"], f"{cal['temperature']:.3f}", cal["fitted_on"],
+                _number(cal["test_before"]["ece"]), _number(cal["test_after"]["ece"]),
+                _number(cal["test_before"]["log_loss"]), _number(cal["test_after"]["log_loss"]),
+            ]))
+
+    lines += ["", "## Methods", ""]
+    for method, entry in document["methods"].items():
+        lines.append(f"- **{method}** ({entry['description']}): {_details(entry['details'])}")
+    if document.get("val_folds"):
+        folds = document["val_folds"]
+        lines.append(f"- Fitted methods were cross-validated on val: {folds['note']}. Test labels were never used.")
+    if paper_results is not None:
+        lines += ["", f"Paper columns: {paper.SOURCE}. {paper.CAVEAT}"]
+    return "\n".join(lines) + "\n"
+
+
+def _rows(document: dict) -> list[dict]:
+    rows = [
+        {"name": name, "kind": "member", "paper_key": paper.member_key(entry["model"], entry.get("stain")), **entry}
+        for name, entry in document["members"].items()
+    ] + [
+        {"name": entry["row"], "kind": "ensemble", "paper_key": entry["row"], **entry}
+        for entry in document["methods"].values()
+    ]
+
+    def key(row):
+        value = row["test"]["overall"].get(document["rank_by"])
+        return -math.inf if value is None or math.isnan(value) else value
+
+    return sorted(rows, key=key, reverse=True)
+
+
+def _ci_note(document: dict) -> str:
+    boot = document.get("bootstrap")
+    if not boot:
+        return "No confidence intervals (bootstrap resamples = 0)."
+    return (
+        f"Cells: estimate ({boot['level']:.0%} CI: percentile bootstrap over patients, stratified by label, "
+        f"{boot['resamples']} resamples, seed {boot['seed']})."
+    )
+
+
+def _cell(value, interval) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if not interval or interval[0] is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} ({interval[0]:.3f}-{interval[1]:.3f})"
+
+
+def _number(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value + 0.0:.3f}"
+
+
+def _errors(overall: dict) -> int:
+    return int(round(overall["n_images"] * (1 - overall["accuracy"])))
+
+
+def _mcnemar(row: dict, best: str) -> str:
+    if row["kind"] == "member":
+        return "best member" if row["name"] == best else ""
+    test = row["mcnemar_vs_best_member"]
+    return f"+{test['ensemble_only_correct']}/-{test['member_only_correct']}, p = {test['p_value']:.3g}"
+
+
+def _paper_cells(paper_results: pd.DataFrame, key: str) -> list[str]:
+    if key not in paper_results.index:
+        return ["", "", ""]
+    row = paper_results.loc[key]
+    errors = "" if pd.isna(row["errors"]) else str(int(row["errors"]))
+    return [_number(row["accuracy"]), _number(row["balanced_accuracy"]), errors]
+
+
+def _details(details: dict) -> str:
+    parts = []
+    for key, value in details.items():
+        if key in ("note", "holdout", "grouping", "folds", "members"):
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {_short(v)}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(map(_short, value))
+        parts.append(f"{key.replace('_', ' ')}: {_short(value)}")
+    return "; ".join(parts) if parts else "nothing fitted"
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_short, value)) + "]"
+    return str(value)
+
+
+def _line(cells) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _count(items, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
