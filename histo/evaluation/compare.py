@@ -1,0 +1,80 @@
+"""Compare the runs of a sweep: one row per run, the overrides that differ, metrics with intervals.
+
+Reads only ``run.json`` (metrics and their patient-bootstrap intervals) and Hydra's
+``.hydra/overrides.yaml`` of each run, so it works on any directory of finished runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from histo.evaluation.metrics import METRICS
+from histo.evaluation.run_dir import RunDir
+
+SHOWN = ("accuracy", "balanced_accuracy", "auroc", "f1", "patient_recognition_rate", "patient_vote_accuracy")
+
+
+def find_runs(root: str | Path) -> list[RunDir]:
+    """Every finished run (a directory with run.json) under ``root``, in path order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory.")
+    runs = [RunDir(p.parent) for p in sorted(root.rglob("run.json"))]
+    if not runs:
+        raise FileNotFoundError(f"No finished run under {root}: no run.json found (are the runs still going?).")
+    return runs
+
+
+def overrides(run: RunDir) -> dict[str, str]:
+    """The command-line overrides of a run (``key=value``), from Hydra's record of the job."""
+    path = run.path / ".hydra" / "overrides.yaml"
+    items = yaml.safe_load(path.read_text()) if path.is_file() else []
+    return dict(item.split("=", 1) for item in items or [] if "=" in item)
+
+
+def comparison(root: str | Path, split: str = "test", sort_by: str = "balanced_accuracy") -> pd.DataFrame:
+    """One row per run under ``root``: run, model, differing overrides, each metric and its interval."""
+    if sort_by not in METRICS:
+        raise ValueError(f"sort_by={sort_by!r} is not a metric; use one of {', '.join(METRICS)}.")
+    runs = find_runs(root)
+    given = [overrides(r) for r in runs]
+    keys = sorted({k for o in given for k in o})
+    differing = [k for k in keys if len({o.get(k) for o in given}) > 1]
+    rows = []
+    for run, over in zip(runs, given, strict=True):
+        record = run.record()
+        scores = record["metrics"][split]
+        row = {"run": str(run.path.relative_to(root)) if run.path != Path(root) else ".", "model": record["model"]}
+        row |= {k: over.get(k, "") for k in differing}
+        row["n_images"] = scores["overall"]["n_images"]
+        for name in METRICS:
+            row[name] = scores["overall"].get(name)
+            low, high = scores.get("ci", {}).get("overall", {}).get(name, (None, None))
+            row[f"{name}_low"], row[f"{name}_high"] = low, high
+        rows.append(row)
+    frame = pd.DataFrame(rows).sort_values(sort_by, ascending=False, na_position="last", ignore_index=True)
+    frame.attrs["differing"] = differing
+    return frame
+
+
+def to_markdown(frame: pd.DataFrame, metrics: tuple[str, ...] = SHOWN) -> str:
+    """The comparison as a markdown table: ``estimate [low, high]`` per metric."""
+    columns = ["run", "model", *frame.attrs.get("differing", []), "n_images"]
+    header = columns + list(metrics)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in frame.iterrows():
+        cells = [str(row[c]) for c in columns] + [_with_interval(row, m) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _with_interval(row: pd.Series, name: str) -> str:
+    value, low, high = row.get(name), row.get(f"{name}_low"), row.get(f"{name}_high")
+    if value is None or pd.isna(value):
+        return "n/a"
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
