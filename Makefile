@@ -3,7 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint clean help
+# Reproduction (scripts/paper.py): DATA=<BreaKHis_v1 dir>; GPUS=<n> (DDP when > 1); PRECISION=bf16-mixed|16-mixed;
+# OUT=<dir> (default outputs/<protocol>-<time>).
+DATA ?=
+GPUS ?= 1
+PRECISION ?=
+OUT ?=
+PAPER := $(BIN)/python scripts/paper.py
+PAPER_ARGS = $(if $(DATA),--data $(DATA)) --gpus $(GPUS) $(if $(PRECISION),--precision $(PRECISION)) $(if $(OUT),--out $(OUT))
+
+.PHONY: install demo test lint clean help paper paper-patient paper-stain paper-smoke
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,6 +29,18 @@ demo: install  ## train V1-B0 for a few epochs on the built-in synthetic dataset
 
 test: install  ## run the test suite
 	$(BIN)/python -m pytest
+
+paper: install  ## the ten models, the V1/V2/V1+V2 ensembles, a report beside the paper's numbers (DATA=...)
+	$(PAPER) paper $(PAPER_ARGS)
+
+paper-patient: install  ## the same on 5 patient-disjoint folds, mean and spread across folds (DATA=...)
+	$(PAPER) patient $(PAPER_ARGS)
+
+paper-stain: install  ## V1-B0 without and with Vahadane, same split and seed (DATA=...)
+	$(PAPER) stain $(PAPER_ARGS)
+
+paper-smoke: install  ## the whole `make paper` pipeline on synthetic data, tiny, one epoch, CPU (minutes)
+	$(PAPER) paper --smoke $(if $(OUT),--out $(OUT))
 
 lint: install  ## ruff
 	$(BIN)/ruff check histo tests scripts

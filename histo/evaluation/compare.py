@@ -1,11 +1,13 @@
-"""Compare the runs of a sweep: one row per run, the overrides that differ, metrics with intervals.
+"""Compare results across runs: the runs of a sweep (one row per run, the overrides that differ,
+metrics with intervals) and the folds of a cross-validation (mean and spread per model or ensemble).
 
-Reads only ``run.json`` (metrics and their patient-bootstrap intervals) and Hydra's
-``.hydra/overrides.yaml`` of each run, so it works on any directory of finished runs.
+Reads only what the stages wrote: ``run.json`` and Hydra's ``.hydra/overrides.yaml`` of each run, or
+the ``metrics.json`` of each fold's report.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -78,3 +80,32 @@ def _with_interval(row: pd.Series, name: str) -> str:
     if low is None or high is None or pd.isna(low) or pd.isna(high):
         return f"{value:.3f}"
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def fold_summary(reports: list[str | Path]) -> pd.DataFrame:
+    """Mean, sd, min, max and count across folds of every row's metrics, from each fold's report
+    ``metrics.json`` (rows are matched by name: a model such as ``V1-B0`` or an ensemble method)."""
+    records = []
+    for fold, path in enumerate(reports):
+        document = json.loads(Path(path).read_text())
+        for name, row in document["rows"].items():
+            records.append({"fold": fold, "row": name, "kind": row["kind"],
+                            **{m: row["overall"].get(m) for m in METRICS}})
+    frame = pd.DataFrame(records)
+    stats = frame.groupby(["row", "kind"])[list(METRICS)].agg(["mean", "std", "min", "max", "count"])
+    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
+    return stats.reset_index().sort_values("balanced_accuracy_mean", ascending=False, ignore_index=True)
+
+
+def fold_summary_markdown(summary: pd.DataFrame, metrics: tuple[str, ...] = SHOWN) -> str:
+    """``mean ± sd (min-max)`` per metric, one line per model or ensemble method."""
+    header = ["row", "kind", "folds", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in summary.iterrows():
+        cells = [r["row"], r["kind"], str(int(r[f"{metrics[0]}_count"]))]
+        for m in metrics:
+            mean, sd, low, high = (r[f"{m}_{s}"] for s in ("mean", "std", "min", "max"))
+            cells.append("n/a" if pd.isna(mean) else
+                         f"{mean:.3f} ± {0.0 if pd.isna(sd) else sd:.3f} ({low:.3f}-{high:.3f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,145 @@
+"""Reproduce Kalati et al. 2025 end to end; what `make paper`, `make paper-patient`, `make paper-stain`
+and `make paper-smoke` run.
+
+    python scripts/paper.py paper   --data <BreaKHis_v1> [--out DIR] [--gpus N] [--precision P] [overrides...]
+    python scripts/paper.py patient --data <BreaKHis_v1> [--folds 5] ...
+    python scripts/paper.py stain   --data <BreaKHis_v1> ...
+    python scripts/paper.py paper   --smoke          # the whole pipeline on synthetic data, tiny, CPU
+
+paper:   the ten models (one Hydra multirun of experiment=paper/<model>), the V1, V2 and V1+V2
+         ensembles with every method, and a report whose table puts the paper's numbers beside ours.
+patient: the same on each of 5 patient-disjoint folds, then mean and spread across folds (folds.md).
+stain:   experiment=paper/stain_comparison (V1-B0 without and with Vahadane) and a report of both,
+         with McNemar's test between them.
+Each step is one of the project's commands, run as a subprocess and printed first, so any step can
+be rerun by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODELS = ["v1_b0", "v1_b1", "v1_b2", "v1_b3", "v1_b4", "v2_b0", "v2_b1", "v2_b2", "v2_b3", "v2_s"]
+ENSEMBLES = ["v1", "v2", "all"]
+METHODS = "[soft,hard,weighted,stack,greedy,feature_stack]"
+# --smoke: tiny and fast, on CPU (what CI runs so the reproduction path never rots).
+SMOKE = ["trainer=cpu", "model.pretrained=false", "model.image_size=32", "trainer.max_epochs=1",
+         "data.num_workers=0", "data.batch_size=16", "trainer.enable_progress_bar=false",
+         "trainer.enable_model_summary=false", "trainer.num_sanity_val_steps=0"]
+SMOKE_DATA = ["patients_per_subtype=2", "images_per_magnification=2", "width=64", "height=42"]
+
+
+def histo(command: str, *args: str) -> None:
+    """Run ``python -m histo.<command> args...``; stop the pipeline if it fails."""
+    cmd = [sys.executable, "-m", f"histo.{command}", *args]
+    print("\n$ " + " ".join(cmd), flush=True)
+    if subprocess.run(cmd).returncode != 0:
+        sys.exit(f"paper: step `histo.{command}` failed (command above); fix it and rerun.")
+
+
+def trainer_args(gpus: int, precision: str | None, smoke: bool) -> list[str]:
+    if smoke:
+        return SMOKE
+    args = [f"trainer.devices={gpus}"] + ([f"trainer.precision={precision}"] if precision else [])
+    return args + (["trainer=ddp"] if gpus > 1 else [])
+
+
+def train_models(data: Path, out: Path, experiments: list[str], extra: list[str]) -> Path:
+    """One multirun over ``experiments``; returns its sweep directory."""
+    sweep = out / "models"
+    histo("train", "-m", f"experiment={','.join(experiments)}", f"data.root={data}", f"hydra.sweep.dir={sweep}",
+          "predict.features=true", *extra)
+    return sweep
+
+
+def ensembles_and_report(sweep: Path, out: Path, extra: list[str]) -> Path:
+    dirs = []
+    for name in ENSEMBLES:
+        dirs.append(out / "ensembles" / name)
+        histo("ensemble", f"ensemble={name}", f"sweep_dir={sweep}", f"out={dirs[-1]}", f"methods={METHODS}",
+              "compare_to=paper", *extra)
+    report = out / "report"
+    histo("report", f"runs=[{','.join(map(str, dirs))}]", f"out={report}", "compare_to=paper", *extra)
+    return report
+
+
+def paper(args, extra: list[str], out: Path) -> list[str]:
+    sweep = train_models(args.data, out, [f"paper/{m}" for m in MODELS], extra)
+    report = ensembles_and_report(sweep, out, _report_extra(args))
+    return [f"Report (ours beside the paper's): {report / 'report.html'} and {report / 'report.md'}",
+            *(f"Ensemble {e}: {out / 'ensembles' / e / 'table.md'}" for e in ENSEMBLES),
+            f"Single models: {sweep}"]
+
+
+def patient(args, extra: list[str], out: Path) -> list[str]:
+    from histo.evaluation.compare import fold_summary, fold_summary_markdown
+
+    reports = []
+    for fold in range(args.folds):
+        fold_out = out / f"fold{fold}"
+        sweep = train_models(args.data, fold_out, [f"patient/{m}" for m in MODELS],
+                             [f"split.fold={fold}", f"split.folds={args.folds}", *extra])
+        reports.append(ensembles_and_report(sweep, fold_out, _report_extra(args)) / "metrics.json")
+    summary = fold_summary(reports)
+    summary.to_csv(out / "folds.csv", index=False)
+    (out / "folds.md").write_text(f"# The paper's recipe on {args.folds} patient-disjoint folds (test split)\n\n"
+                                  + fold_summary_markdown(summary))
+    print("\n" + fold_summary_markdown(summary))
+    return [f"Across folds (mean, sd, min-max): {out / 'folds.md'} and {out / 'folds.csv'}",
+            *(f"Fold {k} report: {r.parent / 'report.html'}" for k, r in enumerate(reports))]
+
+
+def stain(args, extra: list[str], out: Path) -> list[str]:
+    from histo.evaluation.mcnemar import mcnemar_frames
+    from histo.evaluation.run_dir import RunDir
+
+    sweep = out / "models"
+    histo("train", "-m", "experiment=paper/stain_comparison", f"data.root={args.data}", f"hydra.sweep.dir={sweep}",
+          *extra)
+    runs = sorted(p.parent for p in sweep.rglob("run.json"))
+    report = out / "report"
+    histo("report", f"runs=[{','.join(map(str, runs))}]", f"out={report}", "compare_to=paper", *_report_extra(args))
+    frames = [RunDir(r).read_predictions("test") for r in runs]
+    test = mcnemar_frames(*frames)
+    text = (f"McNemar's exact test, {runs[0].name} vs {runs[1].name} on the same {test['n_images']} test images: "
+            f"{test['a_only_correct']} right only without stain normalization, {test['b_only_correct']} right only "
+            f"with it, p = {test['p_value']:.3g}.\n")
+    (out / "mcnemar.txt").write_text(text)
+    print("\n" + text)
+    return [f"Report: {report / 'report.html'}", f"McNemar: {out / 'mcnemar.txt'}", f"Runs: {sweep}"]
+
+
+def _report_extra(args) -> list[str]:
+    return ["bootstrap.resamples=200"] if args.smoke else []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("protocol", choices=["paper", "patient", "stain"])
+    parser.add_argument("--data", type=Path, help="the BreaKHis_v1 folder (not needed with --smoke)")
+    parser.add_argument("--out", type=Path, default=None, help="default: outputs/<protocol>-<time>")
+    parser.add_argument("--gpus", type=int, default=1)
+    parser.add_argument("--precision", default=None, help="trainer.precision, e.g. bf16-mixed or 16-mixed")
+    parser.add_argument("--folds", type=int, default=5, help="patient protocol: number of folds")
+    parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny models, one epoch, CPU")
+    args, extra = parser.parse_known_args()
+    out = args.out or Path("outputs") / f"{args.protocol}{'-smoke' if args.smoke else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.smoke:
+        args.data = out / "data"
+        histo("synth", f"out={args.data}", *SMOKE_DATA)
+    elif args.data is None or not args.data.is_dir():
+        parser.error(f"--data must be your BreaKHis_v1 folder (got {args.data}); e.g. make paper DATA=/data/BreaKHis_v1")
+    extra = trainer_args(args.gpus, args.precision, args.smoke) + extra
+    started = time.time()
+    where = {"paper": paper, "patient": patient, "stain": stain}[args.protocol](args, extra, out)
+    print(f"\nDone in {(time.time() - started) / 60:.1f} min. Results under {out}:")
+    for line in where:
+        print("  " + line)
+
+
+if __name__ == "__main__":
+    main()
