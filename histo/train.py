@@ -20,12 +20,13 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from histo import CONF_DIR
+from histo import CONF_DIR, tracking
 from histo.data.datamodule import BreakHisDataModule, load_data
 from histo.evaluation import metrics
 from histo.evaluation.prediction_writer import PredictionWriter
 from histo.evaluation.run_dir import RunDir
 from histo.models import Classifier
+from histo.stain.methods import fit_from_config, stain_record
 
 log = logging.getLogger("histo.train")
 # Lightning notes that the module's batch hook wins over the datamodule's: that is the design here.
@@ -43,6 +44,8 @@ def train(cfg: DictConfig) -> dict:
     data.split.write(run.split_path)
     log.info("Data: %s", data.index.summary())
     log.info("Split %s (%s): %s", data.split.strategy, data.split.fingerprint, data.split.counts())
+    stain = fit_from_config(cfg.stain, data.index.root, data.split.images("train"))
+    stain_fit = stain_record(OmegaConf.to_container(cfg.stain, resolve=True), stain, run.path)
 
     datamodule = BreakHisDataModule(
         data,
@@ -53,6 +56,7 @@ def train(cfg: DictConfig) -> dict:
         num_workers=cfg.data.num_workers if cfg.data.num_workers is not None else min(8, os.cpu_count() or 1),
         pin_memory=cfg.data.pin_memory,
         persistent_workers=cfg.data.persistent_workers,
+        stain=stain,
     )
     model = Classifier(
         timm_name=cfg.model.timm_name,
@@ -72,6 +76,8 @@ def train(cfg: DictConfig) -> dict:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None] + [writer]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    tracking.log_config(trainer.loggers, config)
 
     try:
         trainer.fit(model, datamodule=datamodule)
@@ -101,7 +107,7 @@ def train(cfg: DictConfig) -> dict:
                 "test_patients_in_train": data.split.test_patients_in_train(data.index.frame),
             },
             "data": data.summary(),
-            "stain": OmegaConf.to_container(cfg.stain, resolve=True),
+            "stain": stain_fit,
             "checkpoint": str(_relative(best, run.path)) if best else None,
             "best_val_acc": _float(trainer.checkpoint_callback.best_model_score) if best else None,
             "epochs": trainer.current_epoch,
@@ -109,13 +115,12 @@ def train(cfg: DictConfig) -> dict:
                         "accelerator": type(trainer.accelerator).__name__},
             "predictions": {split: f"predictions/{split}.csv" for split in ("val", "test")},
             "metrics": scores,
-            "config": OmegaConf.to_container(cfg, resolve=True),
+            "config": config,
             "versions": _versions(),
             "wall_time_s": round(time.time() - started, 1),
         }
         run.write_record(record)
-        for lg in trainer.loggers:
-            lg.log_metrics({f"test/{k}": v for k, v in scores["test"]["overall"].items()})
+        tracking.log_results(trainer.loggers, record, run.path)
         _report(run, record)
         return record
     finally:

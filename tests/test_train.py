@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import FAST, train_config
+from helpers import train_config
 
 from histo.data.breakhis import DataError, build_index
 from histo.evaluation import predictions
@@ -101,18 +99,8 @@ def test_wandb_offline_logs_and_closes_the_run(synthetic_root, tmp_path, monkeyp
     assert record["metrics"]["test"]["overall"]["n_images"] > 0
     offline_runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
+    logged = next(offline_runs[0].glob("*.wandb")).read_bytes()  # what `wandb sync` will upload
+    assert b"test/balanced_accuracy" in logged and b"test/accuracy_low" in logged  # summary with CIs
+    assert b"patient_key" in logged  # the resolved config, not only the model's hyperparameters
+    assert b"split/fingerprint" in logged and b"predictions-" in logged  # summary and artifact
 
-
-def test_multirun_gives_each_run_its_own_directory(synthetic_root, tmp_path):
-    sweep = tmp_path / "sweep"
-    result = subprocess.run(
-        [sys.executable, "-m", "histo.train", "-m", "seed=1,2", *FAST, f"data.root={synthetic_root}",
-         "debug=limit", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = sorted(sweep.glob("*_v1_b0"))
-    assert [r.name for r in runs] == ["0_v1_b0", "1_v1_b0"]
-    records = [RunDir(r).record() for r in runs]
-    assert [r["seed"] for r in records] == [1, 2]
-    assert records[0]["split"]["fingerprint"] == records[1]["split"]["fingerprint"]

@@ -25,13 +25,13 @@ PREDICT_SPLITS = ("val", "test")
 def resolve_root(root: str | None, synthetic: dict, synthetic_dir: str | Path) -> Path:
     """``data.root``, or when it is null the built-in synthetic dataset (written on first use)."""
     if root:
-        return Path(root).expanduser()
+        return Path(root).expanduser().resolve()  # absolute: run.json must find it from anywhere
     spec = SyntheticSpec(**synthetic)
     key = "-".join(f"{v}" for v in vars(spec).values())
     path = Path(synthetic_dir) / f"synthetic-{key}"
     if not (path / "synthetic.json").is_file():
         log.info("data.root is null: writing the built-in synthetic dataset to %s", path)
-    return write_dataset(path, spec)
+    return write_dataset(path, spec).resolve()
 
 
 @dataclass
@@ -90,7 +90,7 @@ def load_data(data_cfg, split_cfg, synthetic_dir: str | Path) -> Data:
 class BreakHisDataModule(pl.LightningDataModule):
     """Train, val and test loaders of one :class:`Data`. ``batch_size`` is the global batch: under
     DDP each process loads ``batch_size / world_size`` images per step. Prediction serves val and
-    test (in that order) without augmentation."""
+    test (in that order) without augmentation. ``stain`` normalizes every split (as the paper did)."""
 
     def __init__(
         self,
@@ -102,9 +102,11 @@ class BreakHisDataModule(pl.LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        stain=None,
     ):
         super().__init__()
         self.data = data
+        self.stain = stain  # a fitted histo.stain normalizer for every split's images, or None
         self.image_size = image_size
         self.interpolation = interpolation
         self.augment = dict(augment or {})
@@ -130,7 +132,7 @@ class BreakHisDataModule(pl.LightningDataModule):
             transform = train_transform(self.image_size, self.interpolation, self.augment)
         else:
             transform = eval_transform(self.image_size, self.interpolation)
-        return ImageDataset(self.data.index.root, self.split_table(name), transform)
+        return ImageDataset(self.data.index.root, self.split_table(name), transform, stain=self.stain)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         return DataLoader(

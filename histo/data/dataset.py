@@ -26,12 +26,14 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 class ImageDataset(Dataset):
     """Rows of ``table`` (columns ``image`` relative to ``root`` and ``label``): each item is
-    ``{"image": uint8 (3, H, W), "label": int, "index": row}``."""
+    ``{"image": uint8 (3, H, W), "label": int, "index": row}``. ``stain``, a fitted
+    :class:`histo.stain.StainNormalizer`, normalizes each image at full resolution before ``transform``."""
 
-    def __init__(self, root: str | Path, table: pd.DataFrame, transform: A.Compose):
+    def __init__(self, root: str | Path, table: pd.DataFrame, transform: A.Compose, stain=None):
         self.root = Path(root)
         self.table = table.reset_index(drop=True)
         self.transform = transform
+        self.stain = stain
         self._paths = [self.root / p for p in self.table["image"]]
         self._labels = self.table["label"].to_numpy()
 
@@ -39,7 +41,10 @@ class ImageDataset(Dataset):
         return len(self.table)
 
     def __getitem__(self, i: int) -> dict:
-        image = self.transform(image=read_rgb(self._paths[i]))["image"]
+        image = read_rgb(self._paths[i])
+        if self.stain is not None:
+            image = self.stain(image, name=str(self._paths[i]))
+        image = self.transform(image=image)["image"]
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "label": int(self._labels[i]),

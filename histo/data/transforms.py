@@ -9,6 +9,8 @@ from __future__ import annotations
 import albumentations as A
 import cv2
 
+from histo.stain.jitter import StainJitter
+
 INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
     "bilinear": cv2.INTER_LINEAR,
@@ -43,6 +45,7 @@ def augmentations(
     translate: float = 0.0,
     border: str = "reflect",
     interpolation: str = "bilinear",
+    stain_jitter: dict | None = None,
     **unused,
 ) -> list[A.BasicTransform]:
     """The training augmentations of ``conf/augment/*.yaml``.
@@ -50,10 +53,13 @@ def augmentations(
     ``rotate`` is the largest angle in degrees (uniform in [-rotate, rotate]) and ``translate`` the
     largest shift as a share of each side, drawn independently for x and y, as Keras'
     RandomRotation(0.1) (= 36 degrees) and RandomTranslation(0.3, 0.3) in the paper.
+    ``stain_jitter`` (``{p, scale, shift}``) adds :class:`histo.stain.jitter.StainJitter` first.
     """
     if border not in BORDERS:
         raise ValueError(f"augment.border={border!r} is not valid; use one of {', '.join(BORDERS)}.")
     out: list[A.BasicTransform] = []
+    if stain_jitter:
+        out.append(StainJitter(**stain_jitter))
     if hflip:
         out.append(A.HorizontalFlip(p=hflip))
     if vflip:

@@ -1,0 +1,102 @@
+"""The stain methods by name, and a fitted normalizer from a stain config (``conf/stain/*.yaml``).
+
+A config names the method, its settings, and where the target comes from: ``target`` (an image,
+or ``auto``) or ``target_file`` (a saved fit). Everything else in the config is the method's
+settings, passed to its constructor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from histo.data.dataset import read_rgb
+from histo.stain.identity import Identity
+from histo.stain.macenko import Macenko
+from histo.stain.normalizer import StainError, StainNormalizer
+from histo.stain.reinhard import Reinhard
+from histo.stain.target import StainTarget
+from histo.stain.vahadane import Vahadane
+
+log = logging.getLogger(__name__)
+
+METHODS: dict[str, type[StainNormalizer]] = {
+    "none": Identity, "vahadane": Vahadane, "macenko": Macenko, "reinhard": Reinhard,
+}
+TARGET_KEYS = ("method", "target", "target_file")  # config keys that are not a method's settings
+TARGET_FILE = "stain_target.json"
+AUTO = "auto"
+
+
+def make_normalizer(method: str, **options) -> StainNormalizer:
+    """An unfitted normalizer; ``options`` are the method's settings (a ``conf/stain`` option's keys)."""
+    if method not in METHODS:
+        raise ValueError(f"stain.method={method!r} is not valid; use one of {', '.join(METHODS)}.")
+    try:
+        return METHODS[method](**options)
+    except TypeError as e:
+        raise ValueError(f"Invalid settings for stain method {method!r}: {e}.") from e
+
+
+def fit_from_config(cfg: Mapping, root: str | Path | None = None, candidates: Sequence[str] = ()) -> StainNormalizer | None:
+    """The fitted normalizer a stain config describes; None for ``method: none``.
+
+    ``target``: an image path (absolute, relative to the working directory, or relative to ``root``,
+    the dataset), or ``auto``: the first of ``candidates`` (paths relative to ``root``, e.g. the
+    training images, in sorted order) that has enough tissue. ``target_file``: a saved fit instead.
+    """
+    cfg = dict(cfg)
+    method = cfg.get("method", "none")
+    if method == "none":
+        return None
+    normalizer = make_normalizer(method, **{k: v for k, v in cfg.items() if k not in TARGET_KEYS})
+    target, target_file = cfg.get("target"), cfg.get("target_file")
+    if target and target_file:
+        raise ValueError("Set one of stain.target and stain.target_file, not both.")
+    if target_file:
+        return normalizer.set_target(StainTarget.load(target_file))
+    if target == AUTO:
+        return _fit_auto(normalizer, Path(root) if root else Path("."), candidates)
+    if target:
+        path = resolve_image(target, root)
+        return normalizer.fit(read_rgb(path), source=[str(path)])
+    raise ValueError(
+        f"stain.method={method} needs a target: stain.target=<image path> (absolute, or relative to data.root), "
+        f"stain.target=auto (the first training image with enough tissue), or stain.target_file=<a saved "
+        f"{TARGET_FILE}, e.g. from an earlier run>."
+    )
+
+
+def stain_record(cfg: Mapping, normalizer: StainNormalizer | None, out_dir: str | Path) -> dict:
+    """Save the fitted target as ``<out_dir>/stain_target.json`` and return what run.json records
+    under "stain": the config, the file name and the fitted values."""
+    record = dict(cfg)
+    if normalizer is not None and normalizer.target is not None:
+        normalizer.target.save(Path(out_dir) / TARGET_FILE)
+        record["saved_target"] = TARGET_FILE
+        record["fingerprint"] = normalizer.target.fingerprint
+        record["fitted"] = normalizer.target.to_dict()
+    return record
+
+
+def resolve_image(path: str | Path, root: str | Path | None = None) -> Path:
+    """An image path as given, or relative to ``root``; a clear error when it is neither."""
+    candidates = [Path(path).expanduser()] + ([Path(root) / path] if root else [])
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    where = " or ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"Stain target image {path} not found (looked at {where}); fix stain.target.")
+
+
+def _fit_auto(normalizer: StainNormalizer, root: Path, candidates: Sequence[str]) -> StainNormalizer:
+    for image in sorted(candidates):
+        try:
+            normalizer.fit(read_rgb(root / image), source=[str(image)])
+        except StainError:
+            continue
+        log.info("stain.target=auto: fitted the %s target on %s", normalizer.method, image)
+        return normalizer
+    raise StainError(f"stain.target=auto: none of the {len(candidates)} training images has enough tissue "
+                     "to fit a stain target; set stain.target=<image path>.")
