@@ -1,0 +1,194 @@
+"""The exact evaluation input of a run: the uint8 images its model saw when it predicted val and test.
+
+Everything that shapes that input is read from the run directory, never re-chosen: the dataset
+root (``run.json`` ``data.root``), the model's square size (``image_size``), the resize
+interpolation (``config.data.interpolation``) and the fitted stain normalizer (``stain`` and the
+saved ``stain_target.json``). :func:`evaluation_inputs` then goes through the same
+:class:`~histo.data.dataset.ImageDataset` and :func:`~histo.data.transforms.eval_transform` as
+prediction did, so Grad-CAM and the report's gallery show what the model saw, byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from histo.data.breakhis import BINARY_CLASSES, SUBTYPES, parse_name
+from histo.data.dataset import ImageDataset
+from histo.data.transforms import eval_transform
+from histo.evaluation.run_dir import RunDir
+from histo.explain.errors import ExplainError
+
+
+@dataclass
+class RunInputs:
+    """What builds a run's evaluation input, read from its directory by :func:`run_inputs`."""
+
+    run: Path
+    root: Path  # the dataset root the run's image paths are relative to
+    image_size: int
+    interpolation: str
+    stain_method: str
+    stain: object | None  # a fitted histo.stain normalizer, or None
+    task: str
+    class_names: list[str]
+    patient_key: str
+    split_fingerprint: str
+    split: pd.DataFrame = field(repr=False)  # split.csv: image, split
+
+    def images(self, images: Sequence[str]) -> np.ndarray:
+        """Shorthand for :func:`evaluation_inputs`."""
+        return evaluation_inputs(self, images)
+
+
+def run_inputs(run_dir: str | Path, data_root: str | Path | None = None) -> RunInputs:
+    """Read how run ``run_dir`` built its evaluation input; ``data_root`` overrides where its dataset is."""
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise ExplainError(f"Run {run.path} does not exist.")
+    try:
+        record = run.record()
+    except (FileNotFoundError, ValueError) as error:
+        raise ExplainError(f"Run {run.path} cannot be used: {error}") from error
+    config = record.get("config") or {}
+    if not run.split_path.is_file():
+        raise ExplainError(f"Run {run.path} has no {run.split_path.name}: it is not a finished training run.")
+    split = pd.read_csv(run.split_path, dtype={"image": str, "split": str})
+    return RunInputs(
+        run=run.path,
+        root=resolve_data_root(run.path, record, data_root),
+        image_size=int(record["image_size"]),
+        interpolation=(config.get("data") or {}).get("interpolation", "bilinear"),
+        stain_method=(record.get("stain") or {}).get("method", "none"),
+        stain=stain_normalizer(run.path, record),
+        task=record.get("task", "binary"),
+        class_names=list(record["class_names"]),
+        patient_key=(config.get("data") or {}).get("patient_key", "slide"),
+        split_fingerprint=(record.get("split") or {}).get("fingerprint", ""),
+        split=split,
+    )
+
+
+def evaluation_inputs(inputs: RunInputs, images: Sequence[str]) -> np.ndarray:
+    """The uint8 (N, S, S, 3) RGB images the run's model saw for ``images`` (paths relative to the
+    dataset root): read, stain-normalized at full resolution, resized as in evaluation."""
+    table = pd.DataFrame({"image": list(images), "label": 0})
+    missing = [p for p in table["image"] if not (inputs.root / p).is_file()]
+    if missing:
+        raise ExplainError(
+            f"{len(missing)} image(s) of run {inputs.run} are missing under its dataset root {inputs.root} "
+            f"(first: {missing[0]}); point data_root=<dir> at the dataset the run was trained on."
+        )
+    dataset = ImageDataset(inputs.root, table, eval_transform(inputs.image_size, inputs.interpolation),
+                           stain=inputs.stain)
+    if len(dataset) == 0:
+        return np.zeros((0, inputs.image_size, inputs.image_size, 3), dtype=np.uint8)
+    return np.stack([dataset[i]["image"].numpy().transpose(1, 2, 0) for i in range(len(dataset))])
+
+
+def image_table(inputs: RunInputs, images: Sequence[str]) -> pd.DataFrame:
+    """Resolve user-given image paths against the run's data and describe them: ``image`` (relative to the
+    root), ``split``, ``patient``, ``subtype``, ``magnification``, ``label``. A path may be relative to the
+    dataset root, absolute inside it, or a bare file name; anything else is an error naming the path."""
+    known = inputs.split.set_index("image")["split"]
+    by_name = pd.Series(known.index, index=[Path(p).name for p in known.index])
+    rows = []
+    for given in images:
+        path = Path(str(given)).expanduser()
+        if path.is_absolute():
+            try:
+                path = path.resolve().relative_to(inputs.root.resolve())
+            except ValueError:
+                raise ExplainError(
+                    f"Image {given} is not under the dataset root {inputs.root} of run {inputs.run}; give paths "
+                    "relative to that root (as in the prediction files) or inside it."
+                ) from None
+        key = path.as_posix()
+        if key not in known.index:
+            matches = by_name.get(key) if path.name == key else None
+            if matches is None:
+                raise ExplainError(
+                    f"Image {given} is not in the data of run {inputs.run} (its split.csv lists "
+                    f"{len(known)} images under {inputs.root}); give a path from its predictions/*.csv."
+                )
+            matches = [matches] if isinstance(matches, str) else list(matches)
+            if len(matches) > 1:
+                raise ExplainError(f"Image name {given} matches {len(matches)} images ({matches[0]}, ...); give the full path.")
+            key = matches[0]
+        rows.append({"image": key, "split": known[key], **describe(key, inputs)})
+    return pd.DataFrame(rows)
+
+
+def describe(image: str, inputs: RunInputs) -> dict:
+    """Patient, subtype, magnification and class index of an image, from its BreaKHis file name."""
+    parsed = parse_name(Path(image).name)
+    if parsed is None:
+        raise ExplainError(f"Image {image} does not have a BreaKHis file name; it cannot be labelled.")
+    name = parsed.tumor if inputs.task == "binary" else SUBTYPES[parsed.subtype][1]
+    names = inputs.class_names if inputs.class_names else list(BINARY_CLASSES)
+    return {"patient": parsed.patient(inputs.patient_key), "subtype": parsed.subtype,
+            "magnification": parsed.magnification, "label": names.index(name)}
+
+
+def resolve_data_root(run_dir: Path, record: dict, override: str | Path | None = None) -> Path:
+    """The run's dataset root: ``override`` when given; else ``data.root`` of run.json, as recorded when
+    absolute, or when relative (to where training ran) against the working directory, the training
+    directory implied by a relative ``paths.output_dir``, and the run directory's parents."""
+    if override:
+        root = Path(override).expanduser()
+        if not root.is_dir():
+            raise ExplainError(f"data_root={override} is not a directory.")
+        return root
+    recorded = (record.get("data") or {}).get("root")
+    if not recorded:
+        raise ExplainError(f"Run {run_dir}: run.json records no data.root; pass data_root=<dataset dir>.")
+    root = Path(recorded).expanduser()
+    if root.is_absolute():
+        candidates = [root]
+    else:
+        candidates = [Path.cwd() / root]
+        output_dir = Path(((record.get("config") or {}).get("paths") or {}).get("output_dir") or "")
+        resolved = run_dir.resolve()
+        if str(output_dir) not in ("", ".") and not output_dir.is_absolute() and resolved.parts[-len(output_dir.parts):] == output_dir.parts:
+            candidates.append(Path(*resolved.parts[: -len(output_dir.parts)]) / root)
+        candidates += [parent / root for parent in resolved.parents]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise ExplainError(
+        f"Run {run_dir} was trained on data.root={recorded}, which is not found "
+        f"{'' if root.is_absolute() else 'relative to the working directory or the run directory '}"
+        f"({candidates[0]}); pass data_root=<the dataset dir>."
+    )
+
+
+def stain_normalizer(run_dir: Path, record: dict):
+    """The stain normalizer the run fitted, rebuilt from its saved target (None for ``method: none``).
+
+    The single place that knows how a run's stain step is stored: run.json ``stain.method`` and
+    ``stain.saved_target`` name the method and the file (see :func:`histo.stain.methods.stain_record`);
+    the file holds the fitted values and the normalizer's settings at fit time, which rebuild it exactly.
+    """
+    stain = dict(record.get("stain") or {})
+    method = stain.get("method", "none")
+    if method in (None, "none"):
+        return None
+    saved = run_dir / (stain.get("saved_target") or "stain_target.json")
+    if not saved.is_file():
+        raise ExplainError(
+            f"Run {run_dir} was trained with stain.method={method} but its fitted target {saved} is missing; "
+            "its evaluation input cannot be rebuilt."
+        )
+    from histo.stain import StainTarget, make_normalizer  # only stain-normalised runs need the stain package
+
+    try:
+        target = StainTarget.load(saved)
+        if target.method != method:
+            raise ValueError(f"{saved} is a {target.method} target but run.json says stain.method={method}")
+        return make_normalizer(target.method, **target.options).set_target(target)
+    except (ValueError, TypeError, KeyError) as error:
+        raise ExplainError(f"Run {run_dir}: cannot rebuild its {method} stain normalizer: {error}") from error

@@ -1,0 +1,107 @@
+"""The report's gallery of misclassified images: what each row said about them, the image as the
+models saw it (:func:`histo.explain.inputs.evaluation_inputs`) and, where histo-explain was run on
+them, their Grad-CAM montage."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from histo.evaluation import predictions
+from histo.explain.errors import ExplainError
+from histo.explain.inputs import evaluation_inputs, run_inputs
+from histo.explain.stage import MANIFEST
+
+log = logging.getLogger("histo.report")
+EXPLAIN_DIR = "explain"  # conventional place of a histo-explain output inside a run or ensemble directory
+
+
+def misclassified(rows, class_names: list[str]) -> list[dict]:
+    """Images that any row classifies wrongly, most often and most confidently wrong first."""
+    frame = rows[0].frame
+    labels = frame["label"].to_numpy()
+    probs = np.stack([predictions.probabilities(r.frame) for r in rows])  # (rows, N, C)
+    wrong = probs.argmax(axis=2) != labels
+    p_true = probs[:, np.arange(len(labels)), labels]
+    order = np.lexsort((frame["image"].to_numpy(), p_true.mean(axis=0), -wrong.sum(axis=0)))
+    out = []
+    for i in order:
+        if not wrong[:, i].any():
+            continue
+        meta = frame.iloc[i]
+        out.append({
+            "image": meta["image"], "label": int(labels[i]), "true_class": class_names[labels[i]],
+            "patient": str(meta["patient"]), "subtype": str(meta["subtype"]), "magnification": int(meta["magnification"]),
+            "rows": {r.name: {"p_true": float(p_true[k, i]), "pred": class_names[int(probs[k, i].argmax())],
+                              "wrong": bool(wrong[k, i])} for k, r in enumerate(rows)},
+            "n_wrong": int(wrong[:, i].sum()),
+        })
+    return out
+
+
+def find_montages(explain_dirs: list[Path]) -> dict[str, Path]:
+    """image -> montage PNG from the explain.json of each directory; the first directory listing an image wins."""
+    out: dict[str, Path] = {}
+    for directory in explain_dirs:
+        for entry in _manifest(directory).get("images", []):
+            path = directory / entry["montage"]
+            if path.is_file():
+                out.setdefault(entry["image"], path)
+    return out
+
+
+def explain_dirs(given, rows) -> list[Path]:
+    """The explain outputs to look in: those given, in order, then ``<dir>/explain`` of every input directory
+    and member run, those with the most models first (an ensemble's montage beats a single run's)."""
+    dirs = [Path(d) for d in ([given] if isinstance(given, (str, Path)) else list(given or []))]
+    for directory in dirs:
+        if not (directory / MANIFEST).is_file():
+            raise ExplainError(f"explain={directory} has no {MANIFEST}: give a histo-explain output directory.")
+    found = []
+    for row in rows:
+        for candidate in (row.source / EXPLAIN_DIR, *(m / EXPLAIN_DIR for m in row.members)):
+            if (candidate / MANIFEST).is_file() and candidate not in dirs + found:
+                found.append(candidate)
+    return dirs + sorted(found, key=lambda d: -len(_manifest(d).get("runs", [])))
+
+
+def _manifest(directory: Path) -> dict:
+    path = directory / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest.get("images"), list):
+            raise ValueError("no images")
+        return manifest
+    except (OSError, ValueError, AttributeError):
+        log.warning("%s is not a histo-explain manifest; its montages are not shown.", path)
+        return {}
+
+
+def thumbnails(rows, images: list[str], out: Path, size: int, data_root=None) -> tuple[dict[str, Path], str | None]:
+    """The images as the first model row's run saw them, saved as ``out/<stem>.png`` (at most ``size`` px);
+    returns image -> file, and why there are none (or None)."""
+    runs = [r.run for r in rows if r.run is not None] + [m for r in rows for m in r.members]
+    if not images:
+        return {}, None
+    if not runs:
+        return {}, "no run directory to read the images' evaluation input from."
+    try:
+        inputs = run_inputs(runs[0], data_root)
+        pictures = evaluation_inputs(inputs, images)
+    except ExplainError as error:
+        log.warning("Gallery without images: %s", error)
+        return {}, str(error)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for image, picture in zip(images, pictures, strict=True):
+        thumb = Image.fromarray(picture)
+        if max(thumb.size) > size:
+            thumb = thumb.resize((size, size), Image.Resampling.LANCZOS)
+        path = out / f"{Path(image).stem}.png"
+        thumb.save(path)
+        files[image] = path
+    return files, None

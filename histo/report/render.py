@@ -1,0 +1,230 @@
+"""The report as one self-contained HTML page (PNGs embedded as data URIs, inline CSS, no scripts) and
+as markdown (linking the PNG files beside it). Both are rendered from the same :class:`Report`."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from histo.ensemble.table import COLUMNS
+from histo.explain.montage import fmt_prob
+
+MONTAGE_WIDTH = 1100  # px of a montage embedded in the page (JPEG), to keep report.html small
+STYLE = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;margin:0 auto;padding:24px;color:#222;max-width:1250px;line-height:1.45}
+h1{font-size:26px;margin:0 0 6px} h2{font-size:20px;margin:34px 0 8px;border-bottom:2px solid #eee;padding-bottom:4px}
+p,li{font-size:14px} .note{font-size:13px;color:#555} .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:8px 12px;font-size:14px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0} th,td{border:1px solid #d6d6d6;padding:4px 7px;vertical-align:top}
+td.name{white-space:nowrap} th{background:#f3f3f3;text-align:left;position:sticky;top:0} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.num small{color:#777;font-size:11px;display:block} .swatch{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:6px;vertical-align:-1px}
+img.plot{max-width:100%;border:1px solid #eee} .toc a{margin-right:14px;font-size:14px}
+.card{border:1px solid #ddd;border-radius:6px;padding:10px;margin:10px 0;display:flex;gap:14px;flex-wrap:wrap}
+.card img.thumb{width:170px;height:170px;image-rendering:auto;border:1px solid #ccc} .card .meta{flex:1;min-width:320px}
+.wrong{color:#d73027;font-weight:600} .right{color:#1a9850} details summary{cursor:pointer;color:#225;font-size:14px;margin-top:6px}
+details img{max-width:100%;margin-top:6px;border:1px solid #eee} code{background:#f4f4f4;padding:0 3px;font-size:12px}
+"""
+SECTIONS = {
+    "metrics": "Metrics", "curves": "Learning curves", "roc": "ROC curves", "confusion": "Confusion matrices",
+    "magnification": "Per magnification", "subtype": "Per subtype", "patient": "Per patient",
+    "gallery": "Misclassified images",
+}
+
+
+@dataclass
+class Report:
+    """Everything a rendering needs; ``rows`` are dicts with name, kind, colour, source, paper_key, numbers."""
+
+    title: str
+    header: list[str]  # sentences about the data and the method
+    warnings: list[str]
+    rows: list[dict]
+    rank_by: str
+    plots: dict[str, Path | None]  # section -> PNG
+    plot_notes: dict[str, str]
+    gallery: list[dict]
+    gallery_note: str
+    thumbs: dict[str, Path] = field(default_factory=dict)
+    montages: dict[str, Path] = field(default_factory=dict)
+    paper: pd.DataFrame | None = None
+    definitions: list[str] = field(default_factory=list)
+
+
+def metric_header(report: Report) -> list[str]:
+    header = ["#", "model", "kind", *COLUMNS.values(), "ECE", "errors"]
+    if report.paper is not None:
+        header += ["paper accuracy", "paper bal. acc.", "paper errors"]
+    return header
+
+
+def metric_cells(report: Report, row: dict, rank: int) -> list[tuple[str, str | None]]:
+    """(estimate, CI text or None) per column of :func:`metric_header`."""
+    overall = row["numbers"]["overall"]
+    ci = row["numbers"].get("ci", {}).get("overall", {})
+    cells = [(str(rank), None), (row["name"], None), (row["kind"], None)]
+    for metric in COLUMNS:
+        cells.append((_number(overall.get(metric)), _interval(ci.get(metric))))
+    errors = round(overall["n_images"] * (1 - overall["accuracy"]))
+    cells += [(_number(overall.get("ece")), None), (f"{errors}/{overall['n_images']}", None)]
+    if report.paper is not None:
+        key = row["paper_key"]
+        if key in report.paper.index:
+            p = report.paper.loc[key]
+            cells += [(_number(p["accuracy"]), None), (_number(p["balanced_accuracy"]), None),
+                      ("" if pd.isna(p["errors"]) else str(int(p["errors"])), None)]
+        else:
+            cells += [("", None)] * 3
+    return cells
+
+
+def ranked(report: Report) -> list[dict]:
+    def key(row):
+        value = row["numbers"]["overall"].get(report.rank_by)
+        return -math.inf if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+    return sorted(report.rows, key=key, reverse=True)
+
+
+# ----- HTML -----
+
+def to_html(report: Report) -> str:
+    parts = [f"<h1>{_e(report.title)}</h1>"]
+    parts += [f"<p>{_e(s)}</p>" for s in report.header]
+    parts += [f'<p class="warn">{_e(w)}</p>' for w in report.warnings]
+    parts.append('<p class="toc">' + "".join(f'<a href="#{k}">{v}</a>' for k, v in SECTIONS.items()) + "</p>")
+
+    parts.append(f'<h2 id="metrics">{SECTIONS["metrics"]}</h2>')
+    parts.append(f'<p class="note">Ranked by {_e(COLUMNS.get(report.rank_by, report.rank_by))} on the test split, '
+                 "best first. Cells: estimate, with its confidence interval beneath.</p>")
+    header = metric_header(report)
+    lines = ["<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr></thead><tbody>"]
+    for rank, row in enumerate(ranked(report), start=1):
+        cells = metric_cells(report, row, rank)
+        tds = []
+        for k, (value, ci) in enumerate(cells):
+            if k == 1:
+                tds.append(f'<td class="name"><span class="swatch" style="background:{row["colour"]}"></span>'
+                           f"<b>{_e(value)}</b></td>")
+            elif k in (0, 2):
+                tds.append(f"<td>{_e(value)}</td>")
+            else:
+                tds.append(f'<td class="num">{_e(value)}' + (f"<small>{_e(ci)}</small>" if ci else "") + "</td>")
+        lines.append("<tr>" + "".join(tds) + "</tr>")
+    lines.append("</tbody></table>")
+    parts += lines
+    parts += [f'<p class="note">{_e(d)}</p>' for d in report.definitions]
+
+    for key in ("curves", "roc", "confusion", "magnification", "subtype", "patient"):
+        parts.append(f'<h2 id="{key}">{SECTIONS[key]}</h2>')
+        if report.plot_notes.get(key):
+            parts.append(f'<p class="note">{_e(report.plot_notes[key])}</p>')
+        if report.plots.get(key):
+            parts.append(f'<img class="plot" alt="{_e(SECTIONS[key])}" src="{_data_uri(report.plots[key])}">')
+
+    parts.append(f'<h2 id="gallery">{SECTIONS["gallery"]}</h2>')
+    parts.append(f'<p class="note">{_e(report.gallery_note)}</p>')
+    for item in report.gallery:
+        parts.append(_card(report, item))
+    body = "\n".join(parts)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(report.title)}</title>'
+            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def _card(report: Report, item: dict) -> str:
+    thumb = report.thumbs.get(item["image"])
+    picture = f'<img class="thumb" alt="{_e(item["image"])}" src="{_data_uri(thumb)}">' if thumb else ""
+    cells = []
+    for row in report.rows:
+        said = item["rows"][row["name"]]
+        cls = "wrong" if said["wrong"] else "right"
+        cells.append(f'<tr><td><span class="swatch" style="background:{row["colour"]}"></span>{_e(row["name"])}</td>'
+                     f'<td class="{cls}">{_e(said["pred"])}</td><td class="num">{fmt_prob(said["p_true"])}</td></tr>')
+    montage = report.montages.get(item["image"])
+    cam = (f"<details open><summary>Grad-CAM montage</summary><img alt=\"Grad-CAM montage\" "
+           f"src=\"{_data_uri(montage, MONTAGE_WIDTH)}\"></details>") if montage else ""
+    return (f'<div class="card">{picture}<div class="meta"><b>{_e(Path(item["image"]).name)}</b><br>'
+            f'true <b>{_e(item["true_class"])}</b> ({_e(item["subtype"])}), patient {_e(item["patient"])}, '
+            f'{item["magnification"]}x; wrong in {item["n_wrong"]} of {len(report.rows)}'
+            f"<table><thead><tr><th>model</th><th>predicted</th><th>P(true)</th></tr></thead><tbody>"
+            + "".join(cells) + f"</tbody></table>{cam}</div></div>")
+
+
+def _data_uri(path: Path, max_width: int | None = None) -> str:
+    """A PNG as a data URI; with ``max_width``, re-encoded as a JPEG at most that wide (montages)."""
+    if max_width is None:
+        return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    image = Image.open(path).convert("RGB")
+    if image.width > max_width:
+        image = image.resize((max_width, round(image.height * max_width / image.width)), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=88)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# ----- markdown -----
+
+def to_markdown(report: Report, out: Path) -> str:
+    lines = [f"# {report.title}", ""]
+    lines += [line for sentence in report.header for line in (sentence, "")]
+    lines += [f"> **Warning**: {w}" for w in report.warnings]
+    lines += ["", f"## {SECTIONS['metrics']}", "",
+              f"Ranked by {COLUMNS.get(report.rank_by, report.rank_by)} on test, best first. "
+              "Cells: estimate (confidence interval).", ""]
+    header = metric_header(report)
+    lines += [_md_line(header), _md_line(["---"] * len(header))]
+    for rank, row in enumerate(ranked(report), start=1):
+        lines.append(_md_line([v if not ci else f"{v} ({ci})" for v, ci in metric_cells(report, row, rank)]))
+    lines += ["", *report.definitions]
+    for key in ("curves", "roc", "confusion", "magnification", "subtype", "patient"):
+        lines += ["", f"## {SECTIONS[key]}", ""]
+        if report.plot_notes.get(key):
+            lines += [report.plot_notes[key], ""]
+        if report.plots.get(key):
+            lines.append(f"![{SECTIONS[key]}]({_rel(report.plots[key], out)})")
+    lines += ["", f"## {SECTIONS['gallery']}", "", report.gallery_note, ""]
+    if report.gallery:
+        names = [r["name"] for r in report.rows]
+        header = ["image", "name", "true", *[f"{n}: P(true)" for n in names], "Grad-CAM"]
+        lines += [_md_line(header), _md_line(["---"] * len(header))]
+        for item in report.gallery:
+            thumb = report.thumbs.get(item["image"])
+            montage = report.montages.get(item["image"])
+            cells = [f"![]({_rel(thumb, out)})" if thumb else "", Path(item["image"]).name,
+                     f"{item['true_class']} ({item['subtype']})"]
+            cells += [("**" if item["rows"][n]["wrong"] else "") + fmt_prob(item["rows"][n]["p_true"])
+                      + ("**" if item["rows"][n]["wrong"] else "") for n in names]
+            cells.append(f"[montage]({_rel(montage, out)})" if montage else "")
+            lines.append(_md_line(cells))
+        lines += ["", "Bold: the model classifies the image wrongly."]
+    return "\n".join(lines) + "\n"
+
+
+def _rel(path: Path, out: Path) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), out.resolve())).as_posix()
+
+
+def _md_line(cells) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def _number(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value + 0.0:.3f}"
+
+
+def _interval(interval) -> str | None:
+    if not interval or interval[0] is None:
+        return None
+    return f"{interval[0]:.3f}-{interval[1]:.3f}"
+
+
+def _e(text) -> str:
+    return html.escape(str(text))

@@ -1,0 +1,192 @@
+"""The report stage: runs and ensemble outputs in, one page out.
+
+    <out>/report.html        self-contained: every picture embedded, no server or internet needed
+    <out>/report.md          the same in markdown, linking the PNGs below
+    <out>/metrics.json       every number of the report, per row (recomputable from the prediction files)
+    <out>/plots/*.png        learning curves, ROC, confusion matrices, per magnification/subtype/patient
+    <out>/gallery/*.png      misclassified images as the models saw them
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from histo.data.breakhis import SUBTYPES
+from histo.evaluation import bootstrap, metrics, paper, predictions
+from histo.report import gallery as gallery_mod
+from histo.report import plots
+from histo.report.numbers import row_numbers
+from histo.report.render import Report, to_html, to_markdown
+from histo.report.sources import ReportError, load_rows
+
+log = logging.getLogger("histo.report")
+COMPARE_TO = (None, "paper")
+
+
+def run_report(
+    runs,
+    out,
+    split: str = "test",
+    title: str | None = None,
+    compare_to: str | None = None,
+    explain=None,
+    rank_by: str = "balanced_accuracy",
+    ensemble_members: bool = True,
+    gallery_max: int = 40,
+    thumbnail: int = 192,
+    data_root=None,
+    resamples: int = metrics.RESAMPLES,
+    level: float = metrics.LEVEL,
+    seed: int = 0,
+) -> Path:
+    """Write the report of ``runs`` (run and ensemble directories) into ``out``; returns report.html."""
+    if compare_to not in COMPARE_TO:
+        raise ReportError(f"compare_to={compare_to!r} is not valid; use null or paper.")
+    if rank_by not in metrics.METRICS:
+        raise ReportError(f"rank_by={rank_by!r} is not a metric; use one of {', '.join(metrics.METRICS)}.")
+    if split not in ("val", "test"):
+        raise ReportError(f"split={split!r} is not valid; use test (or val for runs only).")
+    out = Path(out)
+    rows = load_rows(runs, split, ensemble_members)
+    class_names = predictions.class_names(rows[0].frame)
+    colour = plots.colours([r.name for r in rows])
+    log.info("Report on %d row(s): %s", len(rows), ", ".join(r.name for r in rows))
+    numbers = {r.name: row_numbers(r.frame, resamples, seed, level) for r in rows}
+
+    plot_dir = out / "plots"
+    positive = class_names[1] if len(class_names) == 2 else None
+    curves = {r.name: _curves(r) for r in rows if r.kind == "model"}
+    magnifications = sorted({m for r in rows for m in numbers[r.name]["per_magnification"]}, key=int)
+    subtypes = sorted({s for r in rows for s in numbers[r.name]["per_subtype"]},
+                      key=lambda s: (SUBTYPES.get(s, ("", ""))[0], s))
+    plot_paths = {
+        "curves": plots.learning_curves(curves, colour, plot_dir / "learning_curves.png"),
+        "roc": plots.roc_curves(rows, numbers, colour, positive, plot_dir / "roc.png") if positive else None,
+        "confusion": plots.confusion_matrices(rows, numbers, colour, class_names, plot_dir / "confusion.png"),
+        "magnification": plots.per_group(
+            rows, numbers, colour, "per_magnification", {m: _group_label(f"{m}x", rows[0].frame, "magnification", int(m))
+                                                         for m in magnifications},
+            "Accuracy per magnification", "magnification", "accuracy", plot_dir / "per_magnification.png"),
+        "subtype": plots.per_group(
+            rows, numbers, colour, "per_subtype", {s: _subtype_label(s, rows[0].frame) for s in subtypes},
+            "Accuracy per subtype (benign subtypes first)", "subtype", "accuracy", plot_dir / "per_subtype.png"),
+        "patient": plots.per_patient(rows, numbers, colour, class_names, plot_dir / "per_patient.png"),
+    }
+    ci_text = _ci_text(resamples, seed, level)
+    notes = {
+        "curves": ("Per epoch, from each run's CSV log: validation solid, training dotted; the star marks the "
+                   "checkpoint whose predictions are reported. Ensembles have no training curves."
+                   if plot_paths["curves"] else "No training logs found (csv/metrics.csv of the runs; logger=csv)."),
+        "roc": (f"Positive class {positive}; AUROC with its {ci_text}. Ensembles dashed."
+                if positive else "ROC curves are drawn for the binary task only."),
+        "confusion": "Rows: true class; columns: predicted. Colour: share of the true class (recall per class).",
+        "magnification": f"Accuracy with its {ci_text}. Ensembles as diamonds.",
+        "subtype": f"Accuracy of the images of each subtype with its {ci_text}; n = images (patients).",
+        "patient": ("Each test patient's images classified correctly (correct/total); the patient recognition "
+                    "rate in the metrics table is the mean of these shares."),
+    }
+
+    wrong = gallery_mod.misclassified(rows, class_names)
+    n_wrong = len(wrong)
+    shown = wrong[:gallery_max]
+    thumbs, why = gallery_mod.thumbnails(rows, [w["image"] for w in shown], out / "gallery", thumbnail, data_root)
+    montages = gallery_mod.find_montages(gallery_mod.explain_dirs(explain, rows))
+    gallery_note = (f"{n_wrong} {split} image(s) misclassified by at least one row"
+                    + (f"; the {len(shown)} most often and most confidently wrong are shown" if n_wrong > len(shown) else "")
+                    + ". Images as the first run saw them (its size, interpolation and stain normalization)."
+                    + (f" No images: {why}" if why else "")
+                    + (f" Grad-CAM montages for {sum(w['image'] in montages for w in shown)} of them (histo-explain)."
+                       if montages else " No Grad-CAM montages: run histo-explain (out=<run dir>/explain) or pass explain=<dir>."))
+
+    first = rows[0]
+    leaked = first.split.get("test_patients_in_train")
+    overall = numbers[first.name]["overall"]
+    header = [
+        f"{len(rows)} row{'s' if len(rows) != 1 else ''} ({sum(r.kind == 'model' for r in rows)} single models, "
+        f"{sum(r.kind == 'ensemble' for r in rows)} ensemble methods) from "
+        f"{', '.join(sorted({str(r.source) for r in rows}))}.",
+        f"Task {first.task} ({', '.join(class_names)}{'; positive class ' + positive if positive else ''}); split "
+        f"{first.split.get('strategy', '?')} (fingerprint {first.fingerprint}); {split}: {overall['n_images']} images "
+        f"of {overall['n_patients']} patients.",
+        f"Confidence intervals: {ci_text}.",
+        f"Written by histo-report on {time.strftime('%Y-%m-%d %H:%M')}; every number is recomputed from the "
+        "prediction files (metrics.json beside this page).",
+    ]
+    warnings = []
+    if leaked:
+        warnings.append(f"{leaked} test patient(s) also have images in train (split "
+                        f"{first.split.get('strategy')}): these numbers measure within-patient interpolation.")
+    if compare_to == "paper":
+        warnings.append(f"Paper columns: {paper.SOURCE}. {paper.CAVEAT}")
+    definitions = [
+        "PRR: patient recognition rate, the mean over patients of the share of their images classified correctly "
+        "(Spanhol et al. 2016); patient vote: accuracy of one label per patient from the mean probability of its "
+        "images; ECE: expected calibration error (15 bins); errors: misclassified images."
+    ]
+    report = Report(
+        title=title or f"histo report: {_count(rows, 'model', 'model')}{_count(rows, 'ensemble', 'ensemble method', ', ')}"
+                        f" on the {split} split",
+        header=header, warnings=warnings,
+        rows=[{"name": r.name, "kind": r.kind, "colour": colour[r.name], "source": str(r.source),
+               "paper_key": r.paper_key, "numbers": numbers[r.name]} for r in rows],
+        rank_by=rank_by, plots=plot_paths, plot_notes=notes, gallery=shown,
+        gallery_note=gallery_note, thumbs=thumbs, montages=montages,
+        paper=paper.paper_results() if compare_to == "paper" else None, definitions=definitions,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(to_markdown(report, out))
+    html_path = out / "report.html"
+    html_path.write_text(to_html(report))
+    document = {"generated": time.strftime("%Y-%m-%d %H:%M:%S"), "split": split, "class_names": class_names,
+                "bootstrap": bootstrap.describe(resamples, seed, level) if resamples > 0 else None,
+                "rows": {r.name: {"kind": r.kind, "source": str(r.source.resolve()), **numbers[r.name]} for r in rows},
+                "misclassified": wrong}
+    (out / "metrics.json").write_text(json.dumps(_strict(document), indent=1, allow_nan=False) + "\n")
+    log.info("Report in %s: report.html, report.md, metrics.json, plots/, gallery/", out)
+    return html_path
+
+
+def _strict(value):
+    """NaN and infinities become null, numpy scalars plain numbers: strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _count(rows, kind: str, noun: str, prefix: str = "") -> str:
+    n = sum(r.kind == kind for r in rows)
+    return f"{prefix}{n} {noun}{'s' if n != 1 else ''}" if n else ""
+
+
+def _curves(row):
+    frame = plots.read_curves(row.curves_path)
+    return frame, (plots.best_epoch(row.record, frame) if frame is not None else None)
+
+
+def _subtype_label(code: str, frame) -> str:
+    name = SUBTYPES.get(code, ("", code))[1].replace("_", " ")
+    return _group_label(f"{code} {name}", frame, "subtype", code)
+
+
+def _group_label(title: str, frame, column: str, value) -> str:
+    """A group's tick label with its size: ``n = images (patients)``."""
+    part = frame[frame[column].astype(type(value)) == value]
+    return f"{title}\nn = {len(part)} ({part['patient'].nunique()})"
+
+
+def _ci_text(resamples: int, seed: int, level: float) -> str:
+    if resamples <= 0:
+        return "no confidence interval (bootstrap resamples = 0)"
+    return (f"{level:.0%} percentile interval from {resamples} bootstrap resamples of patients "
+            f"(stratified by label, seed {seed})")
