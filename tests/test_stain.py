@@ -222,6 +222,20 @@ def test_a_saved_target_round_trips(method, sources, tmp_path):
     assert torch.equal(again.transform(images), normalizer.transform(images))
 
 
+def test_a_run_record_rebuilds_the_runs_normalizer(sources, tmp_path):
+    """What training records (stain_record) is enough to rebuild the normalizer (normalizer_from_record)."""
+    from histo.stain.methods import normalizer_from_record, stain_record
+
+    normalizer = make_normalizer("macenko", beta=0.2).fit(sources[0], source=["a.png"])
+    record = stain_record({"method": "macenko", "target": "a.png"}, normalizer, tmp_path)
+    again = normalizer_from_record(json.loads(json.dumps(record)), tmp_path)
+    images = batch(*sources)
+    assert torch.equal(again.transform(images), normalizer.transform(images)) and again.options["beta"] == 0.2
+    assert normalizer_from_record({"method": "none"}, tmp_path) is None
+    with pytest.raises(StainError, match="missing"):
+        normalizer_from_record(record, tmp_path / "elsewhere")
+
+
 def test_targets_fit_on_several_images_and_check_their_method(sources):
     one = make_normalizer("vahadane").fit(sources[0], source=["a.png"])
     two = make_normalizer("vahadane").fit([sources[0], sources[1][:50]], source=["a.png", "b.png"])

@@ -167,28 +167,12 @@ def resolve_data_root(run_dir: Path, record: dict, override: str | Path | None =
 
 
 def stain_normalizer(run_dir: Path, record: dict):
-    """The stain normalizer the run fitted, rebuilt from its saved target (None for ``method: none``).
-
-    The single place that knows how a run's stain step is stored: run.json ``stain.method`` and
-    ``stain.saved_target`` name the method and the file (see :func:`histo.stain.methods.stain_record`);
-    the file holds the fitted values and the normalizer's settings at fit time, which rebuild it exactly.
-    """
-    stain = dict(record.get("stain") or {})
-    method = stain.get("method", "none")
-    if method in (None, "none"):
-        return None
-    saved = run_dir / (stain.get("saved_target") or "stain_target.json")
-    if not saved.is_file():
-        raise ExplainError(
-            f"Run {run_dir} was trained with stain.method={method} but its fitted target {saved} is missing; "
-            "its evaluation input cannot be rebuilt."
-        )
-    from histo.stain import StainTarget, make_normalizer  # only stain-normalised runs need the stain package
+    """The stain normalizer the run fitted (None for ``method: none``): see
+    :func:`histo.stain.methods.normalizer_from_record`."""
+    from histo.stain.methods import normalizer_from_record  # only stain-normalised runs need it
+    from histo.stain.normalizer import StainError
 
     try:
-        target = StainTarget.load(saved)
-        if target.method != method:
-            raise ValueError(f"{saved} is a {target.method} target but run.json says stain.method={method}")
-        return make_normalizer(target.method, **target.options).set_target(target)
-    except (ValueError, TypeError, KeyError) as error:
-        raise ExplainError(f"Run {run_dir}: cannot rebuild its {method} stain normalizer: {error}") from error
+        return normalizer_from_record(record.get("stain"), run_dir)
+    except (StainError, ValueError, TypeError, KeyError) as error:
+        raise ExplainError(f"Run {run_dir}: cannot rebuild its stain normalizer: {error}") from error

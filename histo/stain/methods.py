@@ -80,6 +80,25 @@ def stain_record(cfg: Mapping, normalizer: StainNormalizer | None, out_dir: str 
     return record
 
 
+def normalizer_from_record(record: Mapping | None, run_dir: str | Path) -> StainNormalizer | None:
+    """The normalizer a run fitted, rebuilt from what :func:`stain_record` wrote (None for ``none``).
+
+    The saved target holds the fitted values and the normalizer's settings at fit time, so the
+    rebuilt normalizer maps images exactly as the run's did.
+    """
+    record = dict(record or {})
+    method = record.get("method", "none")
+    if method in (None, "none"):
+        return None
+    saved = Path(run_dir) / (record.get("saved_target") or TARGET_FILE)
+    if not saved.is_file():
+        raise StainError(f"The run in {run_dir} used stain.method={method} but its fitted target {saved} is missing.")
+    target = StainTarget.load(saved)
+    if target.method != method:
+        raise StainError(f"{saved} is a {target.method} target but the run's stain.method is {method}.")
+    return make_normalizer(target.method, **target.options).set_target(target)
+
+
 def resolve_image(path: str | Path, root: str | Path | None = None) -> Path:
     """An image path as given, or relative to ``root``; a clear error when it is neither."""
     candidates = [Path(path).expanduser()] + ([Path(root) / path] if root else [])
