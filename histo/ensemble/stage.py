@@ -11,7 +11,6 @@ methods), not from their run.json, so every number in the table is comparable an
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from histo.ensemble.folds import val_folds
 from histo.ensemble.members import EnsembleError, Member, load_members
 from histo.ensemble.methods import DESCRIPTIONS, FITTED, METHODS, VAL_USED, Combination, combine, setting_names
 from histo.evaluation import bootstrap, calibration, metrics, paper, predictions
+from histo.evaluation.json_file import write_json
 from histo.evaluation.mcnemar import mcnemar
 
 log = logging.getLogger("histo.ensemble")
@@ -117,8 +117,7 @@ def run_ensemble(
         "members": member_entries,
         "methods": method_entries,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(_strict(document), indent=2, allow_nan=False) + "\n")
+    write_json(out / "metrics.json", document)
     markdown = table.render(document, paper.paper_results() if compare_to == "paper" else None)
     (out / "table.md").write_text(markdown)
     log.info("Ensemble outputs in %s: metrics.json, table.md, predictions/<method>_test.csv\n\n%s", out, markdown)
@@ -179,17 +178,3 @@ def _rank_value(entry: dict, rank_by: str) -> float:
     value = entry["test"]["overall"].get(rank_by)
     return -np.inf if value is None or not np.isfinite(value) else value
 
-
-def _strict(value):
-    """NaN and infinities become null, numpy scalars plain numbers: strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value

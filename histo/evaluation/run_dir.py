@@ -9,13 +9,13 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from histo.evaluation import predictions
+from histo.evaluation.json_file import write_json
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,7 @@ class RunDir:
         return json.loads(self.record_path.read_text())
 
     def write_record(self, record: dict) -> Path:
-        self.path.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(_strict_json(record), indent=2, default=str, allow_nan=False)
-        self.record_path.write_text(text + "\n")
-        return self.record_path
+        return write_json(self.record_path, record)
 
     def best_checkpoint(self) -> Path:
         """The checkpoint the prediction files came from, as recorded in run.json."""
@@ -58,13 +55,3 @@ class RunDir:
         path = Path(ckpt)
         return path if path.is_absolute() else self.path / path
 
-
-def _strict_json(value):
-    """NaN and infinities become null: run.json stays valid JSON for every reader."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict_json(v) for v in value]
-    return value

@@ -12,7 +12,6 @@ run's prediction files (a mismatch means the evaluation input was not reproduced
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from histo.evaluation import predictions
+from histo.evaluation.json_file import write_json
 from histo.explain.cam import CLASS_AGNOSTIC, DEFAULT_LAYER, METHODS, compute_cams, target_layer
 from histo.explain.errors import ExplainError
 from histo.explain.inputs import evaluation_inputs
@@ -110,7 +110,7 @@ def run_explain(
         "images": entries,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(out / MANIFEST, manifest)
     index = write_index(out, manifest)
     log.info("Explain outputs in %s: %s, %s, montages/, overlays/", out, index.name, MANIFEST)
     return manifest

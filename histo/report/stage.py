@@ -9,15 +9,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
 from histo.data.breakhis import SUBTYPES
 from histo.evaluation import bootstrap, metrics, paper, predictions
+from histo.evaluation.json_file import write_json
 from histo.report import gallery as gallery_mod
 from histo.report import plots
 from histo.report.numbers import row_numbers
@@ -146,22 +144,10 @@ def run_report(
                 "bootstrap": bootstrap.describe(resamples, seed, level) if resamples > 0 else None,
                 "rows": {r.name: {"kind": r.kind, "source": str(r.source.resolve()), **numbers[r.name]} for r in rows},
                 "misclassified": wrong}
-    (out / "metrics.json").write_text(json.dumps(_strict(document), indent=1, allow_nan=False) + "\n")
+    write_json(out / "metrics.json", document, indent=1)
     log.info("Report in %s: report.html, report.md, metrics.json, plots/, gallery/", out)
     return html_path
 
-
-def _strict(value):
-    """NaN and infinities become null, numpy scalars plain numbers: strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _count(rows, kind: str, noun: str, prefix: str = "") -> str:
