@@ -21,6 +21,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from histo import CONF_DIR, tracking
+from histo.data import device_augment
+from histo.data.cache import cache_for_run
 from histo.data.datamodule import BreakHisDataModule, load_data
 from histo.evaluation import metrics
 from histo.evaluation.prediction_writer import PredictionWriter
@@ -46,17 +48,24 @@ def train(cfg: DictConfig) -> dict:
     log.info("Split %s (%s): %s", data.split.strategy, data.split.fingerprint, data.split.counts())
     stain = fit_from_config(cfg.stain, data.index.root, data.split.images("train"))
     stain_fit = stain_record(OmegaConf.to_container(cfg.stain, resolve=True), stain, run.path)
+    num_workers = cfg.data.num_workers if cfg.data.num_workers is not None else min(8, os.cpu_count() or 1)
+    cache = cache_for_run(cfg.data, data.index, cfg.model.image_size, stain, num_workers)
+    if cache is not None and stain is not None:
+        stain_fit["unchanged"] = cache.unchanged(data.index.frame["image"])  # images it passed through, by reason
+    augment = OmegaConf.to_container(cfg.augment, resolve=True)
+    batch_augment = device_augment.from_config(augment)  # augment.run_on=device: the module augments the batch
 
     datamodule = BreakHisDataModule(
         data,
         image_size=cfg.model.image_size,
         interpolation=cfg.data.interpolation,
-        augment=OmegaConf.to_container(cfg.augment, resolve=True),
+        augment=augment,
         batch_size=cfg.data.batch_size,
-        num_workers=cfg.data.num_workers if cfg.data.num_workers is not None else min(8, os.cpu_count() or 1),
+        num_workers=num_workers,
         pin_memory=cfg.data.pin_memory,
         persistent_workers=cfg.data.persistent_workers,
         stain=stain,
+        cache=cache,
     )
     model = Classifier(
         timm_name=cfg.model.timm_name,
@@ -69,6 +78,8 @@ def train(cfg: DictConfig) -> dict:
         pretrained=cfg.model.pretrained,
         weights=cfg.model.weights,
         channels_last=cfg.model.channels_last,
+        device_augment=batch_augment.to_dict() if batch_augment else None,
+        compile=cfg.model.compile,
         **cfg.optim,
     )
     model.save_features = cfg.predict.features
@@ -108,6 +119,7 @@ def train(cfg: DictConfig) -> dict:
             },
             "data": data.summary(),
             "stain": stain_fit,
+            "image_cache": cache.describe() if cache is not None else None,
             "checkpoint": str(_relative(best, run.path)) if best else None,
             "best_val_acc": _float(trainer.checkpoint_callback.best_model_score) if best else None,
             "epochs": trainer.current_epoch,

@@ -26,6 +26,7 @@ FAST = [
     "model.image_size=32",
     "data.num_workers=0",
     "data.batch_size=16",
+    "data.cache=off",  # no image cache under ./outputs from tests; tests/test_cache.py covers data.cache=auto
 ]
 
 

@@ -90,7 +90,11 @@ def load_data(data_cfg, split_cfg, synthetic_dir: str | Path) -> Data:
 class BreakHisDataModule(pl.LightningDataModule):
     """Train, val and test loaders of one :class:`Data`. ``batch_size`` is the global batch: under
     DDP each process loads ``batch_size / world_size`` images per step. Prediction serves val and
-    test (in that order) without augmentation. ``stain`` normalizes every split (as the paper did)."""
+    test (in that order) without augmentation. ``stain`` normalizes every split (as the paper did).
+    ``cache`` (a :class:`histo.data.cache.ImageCache` at ``image_size``, stain-normalized with
+    ``stain``) replaces reading, normalizing and resizing PNGs. The training loader applies the
+    augmentations ``augment.run_on=loader`` puts there; with ``augment.run_on=device`` the module applies
+    the geometric ones to the batch (:class:`histo.models.Classifier`, ``on_after_batch_transfer``)."""
 
     def __init__(
         self,
@@ -103,10 +107,14 @@ class BreakHisDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         stain=None,
+        cache=None,
     ):
         super().__init__()
         self.data = data
         self.stain = stain  # a fitted histo.stain normalizer for every split's images, or None
+        self.cache = cache  # a histo.data.cache.ImageCache of those images at image_size, or None
+        if cache is not None and cache.size != image_size:
+            raise ValueError(f"The image cache {cache.directory} holds {cache.size}px images, the model needs {image_size}px.")
         self.image_size = image_size
         self.interpolation = interpolation
         self.augment = dict(augment or {})
@@ -128,11 +136,13 @@ class BreakHisDataModule(pl.LightningDataModule):
         return self._table.loc[self._table["split"] == name].reset_index(drop=True)
 
     def dataset(self, name: str) -> ImageDataset:
+        cached = self.cache is not None
         if name == "train":
-            transform = train_transform(self.image_size, self.interpolation, self.augment)
+            transform = train_transform(self.image_size, self.interpolation, self.augment, resized=cached)
         else:
-            transform = eval_transform(self.image_size, self.interpolation)
-        return ImageDataset(self.data.index.root, self.split_table(name), transform, stain=self.stain)
+            transform = eval_transform(self.image_size, self.interpolation, resized=cached)
+        return ImageDataset(self.data.index.root, self.split_table(name), transform,
+                            stain=None if cached else self.stain, cache=self.cache)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -27,23 +27,33 @@ def read_rgb(path: str | Path) -> np.ndarray:
 class ImageDataset(Dataset):
     """Rows of ``table`` (columns ``image`` relative to ``root`` and ``label``): each item is
     ``{"image": uint8 (3, H, W), "label": int, "index": row}``. ``stain``, a fitted
-    :class:`histo.stain.StainNormalizer`, normalizes each image at full resolution before ``transform``."""
+    :class:`histo.stain.StainNormalizer`, normalizes each image at full resolution before ``transform``.
 
-    def __init__(self, root: str | Path, table: pd.DataFrame, transform: A.Compose, stain=None):
+    With ``cache`` (a :class:`histo.data.cache.ImageCache`) the images come from it, already read,
+    normalized and resized: ``stain`` must then be None and ``transform`` must not resize."""
+
+    def __init__(self, root: str | Path, table: pd.DataFrame, transform: A.Compose, stain=None, cache=None):
+        if cache is not None and stain is not None:
+            raise ValueError("ImageDataset: the image cache holds normalized images already; pass stain=None.")
         self.root = Path(root)
         self.table = table.reset_index(drop=True)
         self.transform = transform
         self.stain = stain
+        self.cache = cache
         self._paths = [self.root / p for p in self.table["image"]]
         self._labels = self.table["label"].to_numpy()
+        self._rows = cache.rows(list(self.table["image"])) if cache is not None else None
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, i: int) -> dict:
-        image = read_rgb(self._paths[i])
-        if self.stain is not None:
-            image = self.stain(image, name=str(self._paths[i]))
+        if self.cache is not None:
+            image = self.cache.read(self._rows[i])
+        else:
+            image = read_rgb(self._paths[i])
+            if self.stain is not None:
+                image = self.stain(image, name=str(self._paths[i]))
         image = self.transform(image=image)["image"]
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),

@@ -1,7 +1,10 @@
 """Image transforms (albumentations): the paper's squash resize and augmentation.
 
 Everything stays uint8; normalisation to the model's mean/std happens on the device
-(:meth:`histo.models.Classifier.preprocess`).
+(:meth:`histo.models.Classifier.preprocess`). With ``augment.run_on=device`` the flips, rotation and
+translation run there too (:mod:`histo.data.device_augment`) and only stain jitter stays here. When
+the images come from the image cache (:mod:`histo.data.cache`) they are already at the model's size
+and ``resized=True`` leaves the resize out.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import albumentations as A
 import cv2
 
+from histo.data.device_augment import PLACES
 from histo.stain.jitter import StainJitter
 
 INTERPOLATIONS = {
@@ -28,13 +32,19 @@ def resize(size: int, interpolation: str = "bilinear") -> A.Resize:
     return A.Resize(size, size, interpolation=INTERPOLATIONS[interpolation])
 
 
-def eval_transform(size: int, interpolation: str = "bilinear") -> A.Compose:
-    return A.Compose([resize(size, interpolation)])
+def eval_transform(size: int, interpolation: str = "bilinear", resized: bool = False) -> A.Compose:
+    """The resize alone (nothing when the images are already ``resized``, e.g. from the image cache)."""
+    return A.Compose(_resizes(size, interpolation, resized))
 
 
-def train_transform(size: int, interpolation: str = "bilinear", augment: dict | None = None) -> A.Compose:
-    """Resize, then the augmentations of ``augment`` (a ``conf/augment`` option)."""
-    return A.Compose([resize(size, interpolation), *augmentations(**(augment or {}))])
+def train_transform(size: int, interpolation: str = "bilinear", augment: dict | None = None,
+                    resized: bool = False) -> A.Compose:
+    """Resize (unless ``resized``), then the loader's augmentations of ``augment`` (a ``conf/augment`` option)."""
+    return A.Compose([*_resizes(size, interpolation, resized), *augmentations(**(augment or {}))])
+
+
+def _resizes(size: int, interpolation: str, resized: bool) -> list[A.BasicTransform]:
+    return [] if resized else [resize(size, interpolation)]
 
 
 def augmentations(
@@ -46,20 +56,27 @@ def augmentations(
     border: str = "reflect",
     interpolation: str = "bilinear",
     stain_jitter: dict | None = None,
+    run_on: str = "loader",
     **unused,
 ) -> list[A.BasicTransform]:
-    """The training augmentations of ``conf/augment/*.yaml``.
+    """The training augmentations of ``conf/augment/*.yaml`` that run in the loader.
 
     ``rotate`` is the largest angle in degrees (uniform in [-rotate, rotate]) and ``translate`` the
     largest shift as a share of each side, drawn independently for x and y, as Keras'
     RandomRotation(0.1) (= 36 degrees) and RandomTranslation(0.3, 0.3) in the paper.
     ``stain_jitter`` (``{p, scale, shift}``) adds :class:`histo.stain.jitter.StainJitter` first.
+    ``run_on="device"`` leaves the flips, rotation and translation to
+    :class:`histo.data.device_augment.BatchAugment` (the batch on the accelerator); stain jitter stays.
     """
     if border not in BORDERS:
         raise ValueError(f"augment.border={border!r} is not valid; use one of {', '.join(BORDERS)}.")
+    if run_on not in PLACES:
+        raise ValueError(f"augment.run_on={run_on!r} is not valid; use one of {', '.join(PLACES)}.")
     out: list[A.BasicTransform] = []
     if stain_jitter:
         out.append(StainJitter(**stain_jitter))
+    if run_on == "device":
+        return out
     if hflip:
         out.append(A.HorizontalFlip(p=hflip))
     if vflip:

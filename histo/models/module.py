@@ -1,8 +1,13 @@
 """The LightningModule: one EfficientNet classifier, its optimisation and its per-epoch metrics.
 
-Batches carry uint8 images; :meth:`Classifier.preprocess` turns them into the normalised float
-input on the device, so the loader moves four times fewer bytes. Checkpoints hold plain
-hyperparameters, so :func:`histo.models.load_classifier` rebuilds a model without Hydra.
+Batches carry uint8 images; :meth:`Classifier.on_after_batch_transfer` turns them into the
+normalised float input on the device, so the loader moves four times fewer bytes. In training it
+first applies the batch augmentation of ``augment.run_on=device`` (:mod:`histo.data.device_augment`):
+Lightning calls only the module's ``on_after_batch_transfer`` (not the datamodule's), so
+everything done to a batch on the device is in that one hook, in this order. Checkpoints hold
+plain hyperparameters (the augmentation too), so :func:`histo.models.load_classifier` rebuilds a
+model without Hydra. ``compile`` compiles the network's forward in place when fitting starts
+(``nn.Module.compile``), so state-dict keys stay the same and checkpoints load without compiling.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from histo.data.device_augment import BatchAugment
 from histo.evaluation.epoch_metrics import epoch_metrics
 from histo.models.backbone import create_backbone, normalization
 
@@ -38,6 +44,8 @@ class Classifier(pl.LightningModule):
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         channels_last: bool = False,
+        device_augment: dict | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -52,20 +60,40 @@ class Classifier(pl.LightningModule):
         self.train_metrics = epoch_metrics(len(class_names), "train/")
         self.val_metrics = epoch_metrics(len(class_names), "val/")
         self.save_features = False  # set by the trainer entry point for feature-level stacking
+        # augment.run_on=device: flips, rotation, translation of training batches (plain values in hparams)
+        self.batch_augment = BatchAugment(**device_augment) if device_augment else None
+        self._augment_generator: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised float batch (what :meth:`preprocess` returns)."""
         return self.net(x)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, H, W) in 0-255 to the normalised float input of the network."""
+        """uint8 (or float) (N, 3, H, W) in 0-255 to the normalised float input of the network."""
         x = (images.float() - self._mean) / self._std
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """A uint8 batch on the device to the network's input: in training (the module in train mode,
+        as Keras' augmentation layers), the batch augmentation first; then :meth:`preprocess`."""
         if batch["image"].dtype == torch.uint8:
-            batch["image"] = self.preprocess(batch["image"])
+            images = batch["image"]
+            if self.training and self.batch_augment is not None:
+                images = self.batch_augment(images, self._generator(images.device))
+            batch["image"] = self.preprocess(images)
         return batch
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """The batch augmentation's random numbers: seeded from the run's seed and the process rank, so
+        DDP processes draw different parameters (the global generators are seeded alike on every rank)."""
+        if self._augment_generator is None or self._augment_generator.device != device:
+            seed = torch.initial_seed() + 1_000_003 * self.global_rank
+            self._augment_generator = torch.Generator(device).manual_seed(seed)
+        return self._augment_generator
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.compile:
+            self.net.compile()  # in place: the forward is compiled, parameter names do not change
 
     def _step(self, batch: dict, metrics) -> torch.Tensor:
         logits = self(batch["image"])

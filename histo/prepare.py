@@ -1,0 +1,77 @@
+"""Build the image caches training reads: ``histo-prepare data.root=<BreaKHis_v1> [models=all|[v1_b0,v2_s]]``
+(or ``python -m histo.prepare ...``).
+
+``data``, ``split`` and ``stain`` are the training config groups, so ``histo-prepare data.root=D
+stain=vahadane stain.target=auto`` builds exactly the caches that ``histo-train data.root=D
+stain=vahadane stain.target=auto model=...`` looks for (:mod:`histo.data.cache`). Each image is
+decoded and stain-normalized once for all the sizes asked; caches that are already valid are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from histo import CONF_DIR
+from histo.data.cache import ImageCache, ensure
+from histo.data.datamodule import load_data
+from histo.stain.methods import fit_from_config
+
+log = logging.getLogger("histo.prepare")
+MODEL_DIR = Path(CONF_DIR) / "model"
+
+
+def model_sizes(models, sizes=()) -> dict[int, list[str]]:
+    """Image size -> the models (``conf/model/<name>.yaml``) that need it, plus the extra ``sizes``."""
+    available = sorted(p.stem for p in MODEL_DIR.glob("*.yaml"))
+    names = available if models in ("all", None) else [str(m) for m in ([models] if isinstance(models, str) else models)]
+    out: dict[int, list[str]] = {}
+    for name in names:
+        if name not in available:
+            raise ValueError(f"models: {name!r} is not a model; use all or a list of {', '.join(available)}.")
+        out.setdefault(int(OmegaConf.load(MODEL_DIR / f"{name}.yaml").image_size), []).append(name)
+    for size in sizes or ():
+        out.setdefault(int(size), []).append(f"{size}px")
+    if not out:
+        raise ValueError("Nothing to prepare: give models=all, models=[v1_b0,...] or sizes=[...].")
+    return dict(sorted(out.items()))
+
+
+def prepare(cfg: DictConfig) -> dict[int, tuple[ImageCache, str]]:
+    """Make sure a valid cache exists for each size; returns size -> (cache, what happened)."""
+    wanted = model_sizes(cfg.models, cfg.sizes)
+    data = load_data(cfg.data, cfg.split, cfg.paths.synthetic_dir)
+    stain = fit_from_config(cfg.stain, data.index.root, data.split.images("train"))
+    workers = cfg.data.num_workers if cfg.data.num_workers is not None else min(8, os.cpu_count() or 1)
+    images = data.index.frame["image"].tolist()
+    caches = ensure(cfg.data.cache_dir, data.index.root, images, wanted, cfg.data.interpolation, stain, workers,
+                    rebuild=cfg.rebuild)
+    print(table(caches, wanted))
+    if stain is not None:
+        unchanged = next(iter(caches.values()))[0].unchanged(images)
+        print(f"Stain normalization ({stain.method}, target {stain.target.fingerprint}) left {sum(unchanged.values())} "
+              f"of {len(images)} images unchanged{': ' + str(unchanged) if unchanged else ''}; each cache's index "
+              "lists them (column stain).")
+    print("Training with data.cache=auto (the default) and the same data.*, split.* and stain.* settings reads them.")
+    return caches
+
+
+def table(caches: dict[int, tuple[ImageCache, str]], wanted: dict[int, list[str]]) -> str:
+    lines = ["| size | models | images | MB | status | path |", "|---|---|---|---|---|---|"]
+    for size, (cache, status) in caches.items():
+        mb = cache.array_path.stat().st_size / 2**20
+        lines.append(f"| {size} | {', '.join(wanted[size])} | {len(cache)} | {mb:.1f} | {status} | {cache.directory} |")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    prepare(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Benchmark training: histo's LightningModule in a real pl.Trainer against a plain PyTorch loop; prints a table.
+
+    .venv/bin/python scripts/bench_train.py                      # CPU: V1-B0 at 112 px, batch 32, fp32
+    .venv/bin/python scripts/bench_train.py --device cuda --models all --sizes paper --precision bf16-mixed \\
+        --channels-last                                          # a GPU: the ten models at the paper's sizes
+
+Both sides train the same timm network (``conf/model/<name>.yaml``'s ``timm_name``, random weights,
+frozen BatchNorm, dropout 0.3) with the same Adam parameter groups (backbone 1e-4, head 1e-3), the
+same cross-entropy, precision, memory format and batches, from the same in-memory uint8 tensors (no
+decoding: this measures the framework, not the loader). Ours is :class:`histo.models.Classifier`
+fitted by ``pl.Trainer`` as ``histo-train`` does it: uint8 to normalised input in
+``on_after_batch_transfer``, per-epoch torchmetrics, ``self.log`` to a CSV logger every 10 steps;
+no progress bar and no checkpointing. The plain loop is a dozen lines of PyTorch. Each side
+runs ``--warmup`` steps, then ``--steps`` timed steps (from the end of the last warm-up step to the
+end of the last step, batches fetched and moved included); the two alternate ``--repeats`` times
+and the table shows medians. ``ratio: <ours / plain>`` (geometric mean over the models) is the last
+line; the target is >= 0.95. With ``--device cuda`` it also estimates the training time of each
+model with the paper's recipe (40 epochs of 5,545 images, a validation pass of 1,182 each epoch)
+and of the ten (`make paper`'s training); on a CPU that estimate is printed but means little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import pytorch_lightning as pl  # noqa: E402
+
+from histo import CONF_DIR  # noqa: E402
+from histo.models import Classifier  # noqa: E402
+from histo.models.backbone import create_backbone, normalization  # noqa: E402
+
+MODELS = ["v1_b0", "v1_b1", "v1_b2", "v1_b3", "v1_b4", "v2_b0", "v2_b1", "v2_b2", "v2_b3", "v2_s"]
+CLASSES = ["benign", "malignant"]
+PAPER_EPOCH = {"train": 5545, "val": 1182}  # images per epoch in the paper's split
+warnings.filterwarnings("ignore", message=".*(does not have many workers|log_every_n_steps|LeafSpec).*")
+logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no per-fit banners in the table
+
+
+class InMemory(Dataset):
+    """uint8 images and labels already in memory, served as histo's datasets serve them."""
+
+    def __init__(self, n: int, size: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+        self.labels = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": self.labels[i], "index": i}
+
+
+class StepClock(pl.Callback):
+    """Time from the end of step ``warmup - 1`` to the end of the last step."""
+
+    def __init__(self, warmup: int, device: torch.device):
+        self.warmup, self.device, self.started, self.seconds = warmup, device, None, None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx == self.warmup - 1:
+            _sync(self.device)
+            self.started = time.perf_counter()
+        elif batch_idx == trainer.num_training_batches - 1:
+            _sync(self.device)
+            self.seconds = time.perf_counter() - self.started
+
+
+def ours(timm_name: str, size: int, loader: DataLoader, args) -> float:
+    model = Classifier(timm_name, CLASSES, image_size=size, pretrained=False, channels_last=args.channels_last)
+    clock = StepClock(args.warmup, torch.device(args.device))
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = pl.Trainer(
+            accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1, precision=args.precision,
+            max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, logger=pl.loggers.CSVLogger(tmp),
+            log_every_n_steps=10, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[clock], default_root_dir=tmp,
+        )
+        trainer.fit(model, train_dataloaders=loader)
+    return clock.seconds
+
+
+def plain(timm_name: str, size: int, loader: DataLoader, args) -> float:
+    device = torch.device(args.device)
+    net = create_backbone(timm_name, len(CLASSES), drop_rate=0.3, pretrained=False, freeze_bn=True).to(device)
+    memory = torch.channels_last if args.channels_last else torch.contiguous_format
+    net = net.to(memory_format=memory).train()
+    mean, std = (255 * torch.tensor(v, device=device).view(1, -1, 1, 1) for v in normalization(net))
+    head = list(net.get_classifier().parameters())
+    backbone = [p for p in net.parameters() if p.requires_grad and all(p is not h for h in head)]
+    optimizer = torch.optim.Adam([{"params": backbone, "lr": 1e-4}, {"params": head, "lr": 1e-3}])
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+    started = None
+    for step, batch in enumerate(loader):
+        images = batch["image"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True)
+        x = ((images.float() - mean) / std).contiguous(memory_format=memory)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = F.cross_entropy(net(x), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if step == args.warmup - 1:
+            _sync(device)
+            started = time.perf_counter()
+    _sync(device)
+    return time.perf_counter() - started
+
+
+def eval_rate(timm_name: str, size: int, loader: DataLoader, args) -> float:
+    """Images/s of a forward pass without gradients (validation), for the time estimate."""
+    device = torch.device(args.device)
+    model = Classifier(timm_name, CLASSES, image_size=size, pretrained=False, channels_last=args.channels_last)
+    model = model.to(device).eval()
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
+    started, n = None, 0
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        for step, batch in enumerate(loader):
+            model(model.preprocess(batch["image"].to(device, non_blocking=True)))
+            if step == args.warmup - 1:
+                _sync(device)
+                started = time.perf_counter()
+            elif step >= args.warmup:
+                n += len(batch["label"])
+    _sync(device)
+    return n / (time.perf_counter() - started)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:1 ...")
+    parser.add_argument("--models", default="v1_b0", help="all, or a comma-separated list of conf/model names")
+    parser.add_argument("--sizes", default="small", help="small (--size for every model) | paper (each model's size)")
+    parser.add_argument("--size", type=int, default=112, help="the input size with --sizes small")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--precision", default="32-true", help="32-true | bf16-mixed | 16-mixed")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per side, alternating; medians shown")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = MODELS if args.models == "all" else args.models.split(",")
+    gpu = args.device.startswith("cuda")
+
+    rows, ratios = [], []
+    for name in names:
+        conf = OmegaConf.load(Path(CONF_DIR) / "model" / f"{name}.yaml")
+        size = int(conf.image_size) if args.sizes == "paper" else args.size
+        data = InMemory(args.batch * (args.warmup + args.steps), size)
+        loader = DataLoader(data, batch_size=args.batch, shuffle=False, num_workers=0, pin_memory=gpu)
+        times = {"plain": [], "ours": []}
+        for r in range(args.repeats):
+            for side in ("plain", "ours") if r % 2 == 0 else ("ours", "plain"):
+                torch.manual_seed(r)
+                run = plain if side == "plain" else ours
+                times[side].append(run(conf.timm_name, size, loader, args))
+        rate = {side: args.batch * args.steps / statistics.median(t) for side, t in times.items()}
+        spread = {side: [args.batch * args.steps / s for s in t] for side, t in times.items()}
+        evaluation = eval_rate(conf.timm_name, size, loader, args)
+        minutes = 40 * (PAPER_EPOCH["train"] / rate["ours"] + PAPER_EPOCH["val"] / evaluation) / 60
+        ratios.append(rate["ours"] / rate["plain"])
+        rows.append((name, conf.timm_name, size, rate, spread, evaluation, minutes))
+        print(f"  {name}: plain {rate['plain']:.1f} img/s, ours {rate['ours']:.1f} img/s", file=sys.stderr, flush=True)
+
+    where = torch.cuda.get_device_name(args.device) if gpu else f"CPU, {platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"# Training benchmark on {where}: batch {args.batch}, {args.precision}, "
+          f"{'channels_last' if args.channels_last else 'contiguous'}, {args.warmup} warm-up + {args.steps} timed "
+          f"steps, {args.repeats} alternating repeats; torch {torch.__version__}, Lightning {pl.__version__}\n")
+    print("| model | timm | size | plain loop img/s (median; min-max) | ours img/s (median; min-max) | ours / plain "
+          "| eval img/s | est. paper recipe, min |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, timm_name, size, rate, spread, evaluation, minutes in rows:
+        cells = [f"{rate[s]:.1f} ({min(spread[s]):.1f}-{max(spread[s]):.1f})" for s in ("plain", "ours")]
+        print(f"| {name} | {timm_name} | {size} | {cells[0]} | {cells[1]} | {rate['ours'] / rate['plain']:.3f} "
+              f"| {evaluation:.1f} | {minutes:,.0f} |")
+    total = sum(r[-1] for r in rows)
+    label = "" if gpu else " (on this CPU: a sanity number, not the GPU target)"
+    print(f"\nEstimated training time with the paper's recipe (40 epochs of {PAPER_EPOCH['train']} images + "
+          f"{PAPER_EPOCH['val']} validation images each) at the sizes above, {len(rows)} model(s): {total:,.0f} min"
+          f"{label}; loading, prediction and start-up not included.")
+    print(f"ratio: {math.exp(statistics.fmean(math.log(r) for r in ratios)):.3f}")
+
+
+if __name__ == "__main__":
+    main()
