@@ -69,17 +69,11 @@ def test_frozen_network_still_gets_gradients_at_the_target_layer(trained_runs):
     assert np.allclose(before.maps, after.maps, atol=1e-6) and (before.flat == after.flat).all()
 
 
-class _Spotlight(torch.nn.Module):
-    """A stride-4 'feature' that is the mean brightness of each 4x4 cell, pooled; class 1 = bright, class 0 = dark."""
+class _Toy(torch.nn.Module):
+    """``features`` (the target layer, ``net.features``) -> global average pooling -> ``head``, frozen."""
 
-    def __init__(self):
+    def __init__(self, features: torch.nn.Module, head: torch.nn.Module):
         super().__init__()
-        features = torch.nn.Conv2d(3, 1, 4, stride=4, bias=False)
-        torch.nn.init.constant_(features.weight, 1 / 48)
-        head = torch.nn.Linear(1, 2)
-        with torch.no_grad():
-            head.weight.copy_(torch.tensor([[-1.0], [1.0]]))
-            head.bias.zero_()
         self.net = torch.nn.Sequential()
         self.net.add_module("features", features)
         self.net.add_module("pool", torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()))
@@ -89,47 +83,47 @@ class _Spotlight(torch.nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+def _spotlight() -> _Toy:
+    """A stride-4 'feature' that is the mean brightness of each 4x4 cell, pooled; class 1 = bright, class 0 = dark."""
+    features = torch.nn.Conv2d(3, 1, 4, stride=4, bias=False)
+    torch.nn.init.constant_(features.weight, 1 / 48)
+    head = torch.nn.Linear(1, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[-1.0], [1.0]]))
+        head.bias.zero_()
+    return _Toy(features, head)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
 def test_maps_point_at_the_evidence_at_the_right_place(method):
     x = torch.zeros(1, 3, 16, 16)
     x[:, :, 0:4, 8:12] = 1.0  # one bright cell: row 0, column 2 of the 4x4 feature map
-    bright = compute_cams(_Spotlight(), x, np.array([1]), method, "features")
+    bright = compute_cams(_spotlight(), x, np.array([1]), method, "features")
     assert not bright.flat[0] and bright.maps[0].max() == pytest.approx(1.0, abs=1e-4)
     row, col = np.unravel_index(bright.maps[0].argmax(), (16, 16))
     assert row < 4 and 8 <= col < 12  # the heatmap is aligned with the input, not shifted or transposed
     assert bright.maps[0, 12:, :4].max() < 0.05
-    dark = compute_cams(_Spotlight(), x, np.array([0]), method, "features")  # no positive evidence for class 0
+    dark = compute_cams(_spotlight(), x, np.array([0]), method, "features")  # no positive evidence for class 0
     assert dark.flat[0] and (dark.maps[0] == 0).all()
 
 
-class _Constant(torch.nn.Module):
-    """A classifier whose target layer (``net.features``) outputs a constant, or whose head has zero weights."""
-
-    def __init__(self, zero_head: bool):
-        super().__init__()
-        features = torch.nn.Conv2d(3, 4, 3, padding=1)
-        torch.nn.init.zeros_(features.weight)
-        torch.nn.init.constant_(features.bias, 0.5)  # the same value everywhere, for every input
-        head = torch.nn.Linear(4, 2)
-        if zero_head:
-            torch.nn.init.zeros_(head.weight)  # zero gradient everywhere
-        self.net = torch.nn.Sequential()
-        self.net.add_module("features", features)
-        self.net.add_module("pool", torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()))
-        self.net.add_module("head", head)
-        for p in self.parameters():
-            p.requires_grad_(False)
-
-    def forward(self, x):
-        return self.net(x)
+def _constant(zero_head: bool) -> _Toy:
+    """A classifier whose target layer outputs a constant, or whose head has zero weights."""
+    features = torch.nn.Conv2d(3, 4, 3, padding=1)
+    torch.nn.init.zeros_(features.weight)
+    torch.nn.init.constant_(features.bias, 0.5)  # the same value everywhere, for every input
+    head = torch.nn.Linear(4, 2)
+    if zero_head:
+        torch.nn.init.zeros_(head.weight)  # zero gradient everywhere
+    return _Toy(features, head)
 
 
 @pytest.mark.parametrize("zero_head", [False, True])
 @pytest.mark.parametrize("method", list(METHODS))
 def test_constant_or_zero_gradient_maps_are_zeros_not_nan(method, zero_head):
-    result = compute_cams(_Constant(zero_head), torch.rand(3, 3, 16, 16), None, method, "features")
+    result = compute_cams(_constant(zero_head), torch.rand(3, 3, 16, 16), None, method, "features")
     assert result.maps.shape == (3, 16, 16)
     assert np.isfinite(result.maps).all() and (result.maps == 0).all() and result.flat.all()
 
