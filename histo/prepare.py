@@ -10,7 +10,6 @@ decoded and stain-normalized once for all the sizes asked; caches that are alrea
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import hydra
@@ -18,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from histo import CONF_DIR
 from histo.data.cache import ImageCache, ensure
-from histo.data.datamodule import load_data
+from histo.data.datamodule import load_data, loader_workers
 from histo.stain.methods import fit_from_config
 
 log = logging.getLogger("histo.prepare")
@@ -46,7 +45,7 @@ def prepare(cfg: DictConfig) -> dict[int, tuple[ImageCache, str]]:
     wanted = model_sizes(cfg.models, cfg.sizes)
     data = load_data(cfg.data, cfg.split, cfg.paths.synthetic_dir)
     stain = fit_from_config(cfg.stain, data.index.root, data.split.images("train"))
-    workers = cfg.data.num_workers if cfg.data.num_workers is not None else min(8, os.cpu_count() or 1)
+    workers = loader_workers(cfg.data)
     images = data.index.frame["image"].tolist()
     caches = ensure(cfg.data.cache_dir, data.index.root, images, wanted, cfg.data.interpolation, stain, workers,
                     rebuild=cfg.rebuild)

@@ -7,7 +7,6 @@ The run directory ends up with ``split.csv``, ``checkpoints/``, ``predictions/{v
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import sys
 import time
@@ -23,10 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from histo import CONF_DIR, tracking
 from histo.data import device_augment
 from histo.data.cache import cache_for_run
-from histo.data.datamodule import BreakHisDataModule, load_data
+from histo.data.datamodule import BreakHisDataModule, load_data, loader_workers
 from histo.evaluation import metrics
 from histo.evaluation.prediction_writer import PredictionWriter
-from histo.evaluation.run_dir import RunDir
+from histo.evaluation.run_dir import PREDICTED_SPLITS, RunDir
 from histo.models import Classifier
 from histo.stain.methods import fit_from_config, stain_record
 
@@ -48,7 +47,7 @@ def train(cfg: DictConfig) -> dict:
     log.info("Split %s (%s): %s", data.split.strategy, data.split.fingerprint, data.split.counts())
     stain = fit_from_config(cfg.stain, data.index.root, data.split.images("train"))
     stain_fit = stain_record(OmegaConf.to_container(cfg.stain, resolve=True), stain, run.path)
-    num_workers = cfg.data.num_workers if cfg.data.num_workers is not None else min(8, os.cpu_count() or 1)
+    num_workers = loader_workers(cfg.data)
     cache = cache_for_run(cfg.data, data.index, cfg.model.image_size, stain, num_workers)
     if cache is not None and stain is not None:
         stain_fit["unchanged"] = cache.unchanged(data.index.frame["image"])  # images it passed through, by reason
@@ -99,7 +98,7 @@ def train(cfg: DictConfig) -> dict:
         trainer.predict(model, datamodule=datamodule, ckpt_path=best or None, return_predictions=False)
         if not trainer.is_global_zero:
             return {}
-        scores = {split: metrics.evaluate(run.read_predictions(split)) for split in ("val", "test")}
+        scores = {split: metrics.evaluate(run.read_predictions(split)) for split in PREDICTED_SPLITS}
         record = {
             "model": cfg.model.name,
             "family": cfg.model.family,
@@ -125,7 +124,7 @@ def train(cfg: DictConfig) -> dict:
             "epochs": trainer.current_epoch,
             "trainer": {"world_size": trainer.world_size, "precision": str(trainer.precision),
                         "accelerator": type(trainer.accelerator).__name__},
-            "predictions": {split: f"predictions/{split}.csv" for split in ("val", "test")},
+            "predictions": {split: str(run.predictions_path(split).relative_to(run.path)) for split in PREDICTED_SPLITS},
             "metrics": scores,
             "config": config,
             "versions": _versions(),

@@ -50,12 +50,14 @@ def trainer_args(gpus: int, precision: str | None, smoke: bool) -> list[str]:
     return args + (["trainer=ddp"] if gpus > 1 else [])
 
 
-def prepare_caches(args) -> None:
+def prepare_caches(args, extra: list[str]) -> None:
     """Decode every image once for the ten models' five sizes (histo-prepare); training then reads the
-    caches (data.cache=auto) instead of decoding PNGs every epoch."""
+    caches (data.cache=auto) instead of decoding PNGs every epoch. The ``data.*`` and ``paths.*`` overrides
+    of ``extra`` go with it, so the caches are where training looks."""
     if args.smoke:
         return  # one tiny size: the training run builds its own cache
-    histo("prepare", f"data.root={args.data}", "models=all")
+    shared = [a for a in extra if a.lstrip("+~").startswith(("data.", "paths."))]
+    histo("prepare", f"data.root={args.data}", "models=all", *shared)
 
 
 def train_models(data: Path, out: Path, experiments: list[str], extra: list[str]) -> Path:
@@ -78,7 +80,7 @@ def ensembles_and_report(sweep: Path, out: Path, extra: list[str]) -> Path:
 
 
 def paper(args, extra: list[str], out: Path) -> list[str]:
-    prepare_caches(args)
+    prepare_caches(args, extra)
     sweep = train_models(args.data, out, [f"paper/{m}" for m in MODELS], extra)
     report = ensembles_and_report(sweep, out, _report_extra(args))
     return [f"Report (ours beside the paper's): {report / 'report.html'} and {report / 'report.md'}",
@@ -89,7 +91,7 @@ def paper(args, extra: list[str], out: Path) -> list[str]:
 def patient(args, extra: list[str], out: Path) -> list[str]:
     from histo.evaluation.compare import fold_summary, fold_summary_markdown
 
-    prepare_caches(args)
+    prepare_caches(args, extra)
     reports = []
     for fold in range(args.folds):
         fold_out = out / f"fold{fold}"

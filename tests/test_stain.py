@@ -232,6 +232,10 @@ def test_a_run_record_rebuilds_the_runs_normalizer(sources, tmp_path):
     images = batch(*sources)
     assert torch.equal(again.transform(images), normalizer.transform(images)) and again.options["beta"] == 0.2
     assert normalizer_from_record({"method": "none"}, tmp_path) is None
+    strict = make_normalizer("macenko", beta=0.2, on_failure="raise").fit(sources[0], source=["a.png"])
+    assert strict.target.options["on_failure"] == "raise"  # restored from a record, but no other pixels:
+    assert strict.target.fingerprint == normalizer.target.fingerprint  # the same image cache serves both
+    assert make_normalizer("macenko", beta=0.3).fit(sources[0]).target.fingerprint != normalizer.target.fingerprint
     with pytest.raises(StainError, match="missing"):
         normalizer_from_record(record, tmp_path / "elsewhere")
 

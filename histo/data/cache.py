@@ -227,11 +227,10 @@ class _Decode(Dataset):
 
     def __getitem__(self, i: int):
         path = self.root / self.images[i]
-        image, reason = read_rgb(path), ""
-        if self.stain is not None:  # what StainNormalizer.__call__ does, keeping the reason
-            out, failed = self.stain.normalize(torch.from_numpy(image).permute(2, 0, 1)[None], names=[str(path)])
-            image, reason = np.ascontiguousarray(out[0].permute(1, 2, 0).numpy()), failed[0] or ""
-        return i, [r(image=image)["image"] for r in self.resizes], reason
+        image, reason = read_rgb(path), None
+        if self.stain is not None:
+            image, reason = self.stain.normalize_image(image, str(path))
+        return i, [r(image=image)["image"] for r in self.resizes], reason or ""
 
 
 def build(root: str | Path, images: Sequence[str], directories: dict[int, Path], interpolation: str, stain,
@@ -324,10 +323,9 @@ def locked(directory: Path):
 
 
 def ensure(cache_dir: str | Path, root: str | Path, images: Sequence[str], sizes: Iterable[int],
-           interpolation: str, stain, num_workers: int = 0, rebuild: bool = False,
-           build_images: Sequence[str] | None = None) -> dict[int, tuple[ImageCache, str]]:
-    """A valid cache of ``images`` at each size, built (for ``build_images``, default: every image of
-    ``root``, so that runs on parts of the dataset share it) where missing or stale. Returns size ->
+           interpolation: str, stain, num_workers: int = 0, rebuild: bool = False) -> dict[int, tuple[ImageCache, str]]:
+    """A valid cache of ``images`` at each size, built (for every image of ``root``, so that runs on
+    parts of the dataset share it) where missing or stale. Returns size ->
     (cache, what happened: ``valid``, or ``built`` with the reason)."""
     root = Path(root).resolve()
     stain_name = stain_key(stain)
@@ -355,9 +353,8 @@ def ensure(cache_dir: str | Path, root: str | Path, images: Sequence[str], sizes
         if stale:
             for size, why in stale.items():
                 log.info("Image cache %s: %s; building it for %s.", dirs[size], why, root)
-            if build_images is None:
-                build_images = build_index(root, "all", check_images=False).frame["image"].tolist()
-            todo = sorted(set(build_images) | set(images))
+            everything = build_index(root, "all", check_images=False).frame["image"].tolist()
+            todo = sorted(set(everything) | set(images))
             built = build(root, todo, {s: dirs[s] for s in stale}, interpolation, stain, num_workers)
             for size, cache in built.items():
                 out[size] = (cache, f"built ({stale[size]})")
@@ -376,7 +373,7 @@ def _all_locked(directories: list[Path]):
 def cache_for_run(data_cfg, index, size: int, stain, num_workers: int) -> ImageCache | None:
     """The cache a training run reads (``data.cache``): None for ``off``; for ``auto`` a valid cache of
     the run's images at ``size``, built first (every image of the dataset, logged) when missing or stale."""
-    mode = data_cfg.get("cache", "off")
+    mode = data_cfg.cache
     if mode not in MODES:
         raise ValueError(f"data.cache={mode!r} is not valid; use auto (read the image cache, building it when "
                          "missing or stale) or off (decode the PNGs every epoch).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,14 @@ from histo.data.dataset import ImageDataset
 from histo.data.splits import Split, make_split, read_split
 from histo.data.synthetic import SyntheticSpec, write_dataset
 from histo.data.transforms import eval_transform, train_transform
+from histo.evaluation.run_dir import PREDICTED_SPLITS
 
 log = logging.getLogger(__name__)
 
-PREDICT_SPLITS = ("val", "test")
+
+def loader_workers(data_cfg) -> int:
+    """``data.num_workers``, or when it is null min(8, CPU cores): the same for training and histo-prepare."""
+    return data_cfg.num_workers if data_cfg.num_workers is not None else min(8, os.cpu_count() or 1)
 
 
 def resolve_root(root: str | None, synthetic: dict, synthetic_dir: str | Path) -> Path:
@@ -161,4 +166,4 @@ class BreakHisDataModule(pl.LightningDataModule):
         return self._loader("val", shuffle=False)
 
     def predict_dataloader(self) -> list[DataLoader]:
-        return [self._loader(name, shuffle=False) for name in PREDICT_SPLITS]
+        return [self._loader(name, shuffle=False) for name in PREDICTED_SPLITS]

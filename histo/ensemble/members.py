@@ -15,9 +15,7 @@ import numpy as np
 import pandas as pd
 
 from histo.evaluation import predictions
-from histo.evaluation.run_dir import RunDir
-
-SPLITS = ("val", "test")
+from histo.evaluation.run_dir import PREDICTED_SPLITS, RunDir
 
 
 class EnsembleError(ValueError):
@@ -38,7 +36,7 @@ class Member:
 
     def features(self, split: str) -> np.ndarray:
         """Penultimate features of ``split`` (rows as in the prediction file), saved with predict.features=true."""
-        path = self.run.path / "features" / f"{split}.npy"
+        path = self.run.features_path(split)
         if not path.is_file():
             raise EnsembleError(
                 f"Run {self.run.path} has no {path.relative_to(self.run.path)}: method feature_stack needs the "
@@ -157,7 +155,7 @@ def _load(path: Path) -> tuple[RunDir, dict, dict[str, pd.DataFrame], dict[str, 
         raise EnsembleError(f"Run {path} does not exist.")
     record = _read_record(run)
     frames, file_rows = {}, {}
-    for split in SPLITS:
+    for split in PREDICTED_SPLITS:
         try:
             frame = run.read_predictions(split)
         except predictions.PredictionFileError as error:
@@ -207,7 +205,7 @@ def _check_compatible(members: tuple[Member, ...]) -> None:
         names = predictions.class_names(member.frames["val"])
         if names != reference["class names"]:
             raise EnsembleError(f"Run {member.run.path}: val and test prediction files have different classes.")
-    for split in SPLITS:
+    for split in PREDICTED_SPLITS:
         ref = first.frames[split]
         for other in members[1:]:
             _check_same_images(first.run.path, ref, other.run.path, other.frames[split], split)

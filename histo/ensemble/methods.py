@@ -73,12 +73,16 @@ def combine(method: str, members: Members, folds: Folds | None, seed: int, setti
         raise EnsembleError(f"Unknown ensemble method {method!r}; use some of {', '.join(METHODS)}.")
     if method in FITTED and folds is None:
         raise ValueError(f"Method {method} is fitted on val and needs val folds.")
-    settings = dict(settings or {})
-    unknown = sorted(set(settings) - set(setting_names(method)))
+    check_settings(method, settings)
+    return METHODS[method](members, folds, seed, **(settings or {}))
+
+
+def check_settings(method: str, settings: dict | None) -> None:
+    """Refuse options ``settings.<method>`` that ``method`` does not take, naming the valid ones."""
+    unknown = sorted(set(settings or {}) - set(setting_names(method)))
     if unknown:
         raise EnsembleError(f"settings.{method} has unknown options {', '.join(unknown)}; "
                             f"valid: {', '.join(setting_names(method)) or 'none'}.")
-    return METHODS[method](members, folds, seed, **settings)
 
 
 def setting_names(method: str) -> list[str]:
@@ -131,7 +135,7 @@ def _stack(members: Members, folds: Folds, seed, Cs=(0.01, 0.1, 1.0, 10.0, 100.0
         )
 
     candidates = {float(c): oof_for(float(c)) for c in Cs}
-    losses = {c: stacking.log_loss(labels, oof) for c, oof in candidates.items()}
+    losses = {c: calibration.log_loss(labels, oof) for c, oof in candidates.items()}
     best_c = min(losses, key=lambda c: (losses[c], c))  # ties: the stronger regularisation
     model = stacking.fit(x_val, labels, best_c)
     coef = model.coef_.tolist()

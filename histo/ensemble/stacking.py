@@ -11,8 +11,6 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-EPS = 1e-15
-
 
 def stack_features(logits: np.ndarray) -> np.ndarray:
     """(members, images, classes) logits -> (images, features) inputs of the meta-classifier.
@@ -37,6 +35,3 @@ def predict(model: LogisticRegression, features: np.ndarray, n_classes: int) -> 
     out[:, model.classes_] = model.predict_proba(features)
     return out
 
-
-def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
-    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], EPS, None)).mean())

@@ -14,15 +14,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from histo.ensemble import table
 from histo.ensemble.folds import val_folds
 from histo.ensemble.members import EnsembleError, Member, load_members
-from histo.ensemble.methods import DESCRIPTIONS, FITTED, METHODS, VAL_USED, Combination, combine, setting_names
+from histo.ensemble.methods import DESCRIPTIONS, FITTED, METHODS, VAL_USED, Combination, check_settings, combine
 from histo.evaluation import bootstrap, calibration, metrics, paper, predictions
 from histo.evaluation.json_file import write_json
 from histo.evaluation.mcnemar import mcnemar
+from histo.evaluation.table_format import rank_value
 
 log = logging.getLogger("histo.ensemble")
 
@@ -87,7 +86,7 @@ def run_ensemble(
         score(method_entries[method], method_frames[method], combination.val_logits(),
               members.labels("val")[combination.val_rows], VAL_USED[method])
 
-    best = max(member_entries, key=lambda k: _rank_value(member_entries[k], rank_by))
+    best = max(member_entries, key=lambda k: rank_value(member_entries[k]["test"]["overall"], rank_by))
     labels = test_meta["label"].to_numpy()
     best_correct = predictions.probabilities(members.by_name(best).frames["test"]).argmax(axis=1) == labels
     for method, entry in method_entries.items():
@@ -141,11 +140,7 @@ def _check_options(methods: list[str], compare_to, rank_by: str, settings: dict)
     if stray:
         raise EnsembleError(f"Settings for unknown methods {stray}; methods are {', '.join(METHODS)}.")
     for method, options in settings.items():
-        unknown = sorted(set(options or {}) - set(setting_names(method)))
-        if unknown:
-            raise EnsembleError(
-                f"settings.{method} has unknown options {', '.join(unknown)}; valid: {', '.join(setting_names(method))}."
-            )
+        check_settings(method, options)
 
 
 def _temperature(val_logits, val_labels, test_frame, fitted_on: str) -> dict:
@@ -174,7 +169,4 @@ def _member_entry(member: Member) -> dict:
     }
 
 
-def _rank_value(entry: dict, rank_by: str) -> float:
-    value = entry["test"]["overall"].get(rank_by)
-    return -np.inf if value is None or not np.isfinite(value) else value
 

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 from histo.evaluation import paper
+from histo.evaluation.table_format import (
+    COLUMNS,
+    DEFINITIONS,
+    errors,
+    missing,
+    number,
+    paper_cells,
+    rank_value,
+)
 
-COLUMNS = {  # metric -> column title
-    "accuracy": "accuracy",
-    "balanced_accuracy": "bal. acc.",
-    "precision": "precision",
-    "recall": "recall",
-    "specificity": "specificity",
-    "f1": "F1",
-    "auroc": "AUROC",
-    "patient_recognition_rate": "PRR",
-    "patient_vote_accuracy": "patient vote",
-}
 MACRO_NOTE = "Subtype task: precision, recall, specificity, F1 and AUROC are macro averages over the classes present."
 
 
@@ -36,9 +32,7 @@ def render(document: dict, paper_results: pd.DataFrame | None = None) -> str:
         f"test {test['n_images']} images of {test['n_patients']} patients.",
         "",
         f"Ranked by {COLUMNS[document['rank_by']]} on test, best first. " + _ci_note(document),
-        "PRR: patient recognition rate, the mean over patients of the share of their images classified correctly "
-        "(Spanhol et al. 2016); patient vote: accuracy of one label per patient from the mean probability of its "
-        "images. ECE: expected calibration error (15 bins). Errors: misclassified test images.",
+        DEFINITIONS,
         f"McNemar: exact two-sided test of each ensemble against the best member ({best}) on the same test images; "
         "+a/-b: images only the ensemble / only the member classifies correctly.",
     ]
@@ -58,9 +52,9 @@ def render(document: dict, paper_results: pd.DataFrame | None = None) -> str:
         overall, ci = row["test"]["overall"], row["test"].get("ci", {}).get("overall", {})
         cells = [str(rank), row["name"], row["kind"]]
         cells += [_cell(overall.get(metric), ci.get(metric)) for metric in COLUMNS]
-        cells += [_number(overall.get("ece")), str(_errors(overall)), _mcnemar(row, best)]
+        cells += [number(overall.get("ece")), str(errors(overall)), _mcnemar(row, best)]
         if paper_results is not None:
-            cells += _paper_cells(paper_results, row["paper_key"])
+            cells += paper_cells(paper_results, row["paper_key"])
         lines.append(_line(cells))
 
     lines += ["", f"## Per magnification: {COLUMNS[document['rank_by']]}", ""]
@@ -83,8 +77,8 @@ def render(document: dict, paper_results: pd.DataFrame | None = None) -> str:
             cal = row["calibration"]
             lines.append(_line([
                 row["name"], f"{cal['temperature']:.3f}", cal["fitted_on"],
-                _number(cal["test_before"]["ece"]), _number(cal["test_after"]["ece"]),
-                _number(cal["test_before"]["log_loss"]), _number(cal["test_after"]["log_loss"]),
+                number(cal["test_before"]["ece"]), number(cal["test_after"]["ece"]),
+                number(cal["test_before"]["log_loss"]), number(cal["test_after"]["log_loss"]),
             ]))
 
     lines += ["", "## Methods", ""]
@@ -106,12 +100,7 @@ def _rows(document: dict) -> list[dict]:
         {"name": entry["row"], "kind": "ensemble", "paper_key": entry["row"], **entry}
         for entry in document["methods"].values()
     ]
-
-    def key(row):
-        value = row["test"]["overall"].get(document["rank_by"])
-        return -math.inf if value is None or math.isnan(value) else value
-
-    return sorted(rows, key=key, reverse=True)
+    return sorted(rows, key=lambda row: rank_value(row["test"]["overall"], document["rank_by"]), reverse=True)
 
 
 def _ci_note(document: dict) -> str:
@@ -125,19 +114,11 @@ def _ci_note(document: dict) -> str:
 
 
 def _cell(value, interval) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if missing(value):
         return "-"
     if not interval or interval[0] is None:
         return f"{value:.3f}"
     return f"{value:.3f} ({interval[0]:.3f}-{interval[1]:.3f})"
-
-
-def _number(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value + 0.0:.3f}"
-
-
-def _errors(overall: dict) -> int:
-    return int(round(overall["n_images"] * (1 - overall["accuracy"])))
 
 
 def _mcnemar(row: dict, best: str) -> str:
@@ -145,14 +126,6 @@ def _mcnemar(row: dict, best: str) -> str:
         return "best member" if row["name"] == best else ""
     test = row["mcnemar_vs_best_member"]
     return f"+{test['ensemble_only_correct']}/-{test['member_only_correct']}, p = {test['p_value']:.3g}"
-
-
-def _paper_cells(paper_results: pd.DataFrame, key: str) -> list[str]:
-    if key not in paper_results.index:
-        return ["", "", ""]
-    row = paper_results.loc[key]
-    errors = "" if pd.isna(row["errors"]) else str(int(row["errors"]))
-    return [_number(row["accuracy"]), _number(row["balanced_accuracy"]), errors]
 
 
 def _details(details: dict) -> str:

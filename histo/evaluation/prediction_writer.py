@@ -17,11 +17,12 @@ import torch
 import torch.distributed as dist
 
 from histo.evaluation import predictions
+from histo.evaluation.run_dir import PREDICTED_SPLITS, RunDir
 
 
 class PredictionWriter(pl.Callback):
-    def __init__(self, run_dir: str | Path, splits: tuple[str, ...] = ("val", "test")):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: str | Path, splits: tuple[str, ...] = PREDICTED_SPLITS):
+        self.run = RunDir(run_dir)
         self.splits = splits
         self.written: dict[str, Path] = {}
         self._parts: dict[int, dict[str, list]] = {}
@@ -52,10 +53,10 @@ class PredictionWriter(pl.Callback):
                 f"(e.g. {table['image'].iloc[missing[0]]}); limit_predict_batches must stay 1.0."
             )
         frame = predictions.make_frame(table, merged["logits"][first], list(trainer.datamodule.data.class_names))
-        self.written[split] = predictions.write(frame, self.run_dir / "predictions" / f"{split}.csv")
+        self.written[split] = predictions.write(frame, self.run.predictions_path(split))
         if "features" in merged:
             order = table["image"].iloc[index].argsort(kind="stable").to_numpy()  # rows as in the CSV
-            features_path = self.run_dir / "features" / f"{split}.npy"
+            features_path = self.run.features_path(split)
             features_path.parent.mkdir(parents=True, exist_ok=True)
             np.save(features_path, merged["features"][first][order].astype(np.float32))
 

@@ -3,6 +3,7 @@
     <run>/run.json                 what the run was and what it scored (see DESIGN.md)
     <run>/split.csv                the split it used (fingerprint in run.json)
     <run>/predictions/{val,test}.csv
+    <run>/features/{val,test}.npy  penultimate features (predict.features=true)
     <run>/checkpoints/*.ckpt       the best checkpoint is named in run.json
 """
 
@@ -16,6 +17,8 @@ import pandas as pd
 
 from histo.evaluation import predictions
 from histo.evaluation.json_file import write_json
+
+PREDICTED_SPLITS = ("val", "test")  # the splits a run writes prediction files for, in the predict loaders' order
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class RunDir:
 
     def predictions_path(self, split: str) -> Path:
         return self.path / "predictions" / f"{split}.csv"
+
+    def features_path(self, split: str) -> Path:
+        return self.path / "features" / f"{split}.npy"
 
     def read_predictions(self, split: str) -> pd.DataFrame:
         return predictions.read(self.predictions_path(split))

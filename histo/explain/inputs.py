@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from histo.data.breakhis import BINARY_CLASSES, SUBTYPES, parse_name
+from histo.data.breakhis import SUBTYPES, parse_name
 from histo.data.dataset import ImageDataset
 from histo.data.transforms import eval_transform
 from histo.evaluation.run_dir import RunDir
@@ -39,10 +39,6 @@ class RunInputs:
     patient_key: str
     split_fingerprint: str
     split: pd.DataFrame = field(repr=False)  # split.csv: image, split
-
-    def images(self, images: Sequence[str]) -> np.ndarray:
-        """Shorthand for :func:`evaluation_inputs`."""
-        return evaluation_inputs(self, images)
 
 
 def run_inputs(run_dir: str | Path, data_root: str | Path | None = None) -> RunInputs:
@@ -129,9 +125,8 @@ def describe(image: str, inputs: RunInputs) -> dict:
     if parsed is None:
         raise ExplainError(f"Image {image} does not have a BreaKHis file name; it cannot be labelled.")
     name = parsed.tumor if inputs.task == "binary" else SUBTYPES[parsed.subtype][1]
-    names = inputs.class_names if inputs.class_names else list(BINARY_CLASSES)
     return {"patient": parsed.patient(inputs.patient_key), "subtype": parsed.subtype,
-            "magnification": parsed.magnification, "label": names.index(name)}
+            "magnification": parsed.magnification, "label": inputs.class_names.index(name)}
 
 
 def resolve_data_root(run_dir: Path, record: dict, override: str | Path | None = None) -> Path:

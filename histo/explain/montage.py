@@ -47,7 +47,6 @@ class Tile:
     overlay: np.ndarray  # uint8 (H, W, 3)
     input: np.ndarray  # uint8 (H, W, 3): the model's evaluation input
     probs: np.ndarray  # (C,)
-    explained: int  # class index the map explains
     flat: bool
     input_note: str = ""  # how the input was made, beyond its size (e.g. "Macenko stain")
 

@@ -41,7 +41,6 @@ class ExplainRun:
     name: str
     model_name: str
     family: str | None
-    record: dict
     inputs: RunInputs
     checkpoint: Path
 
@@ -82,12 +81,12 @@ def load_runs(paths: Sequence[str | Path], data_root: str | Path | None = None) 
         inputs = run_inputs(path, data_root)
         record = RunDir(path).record()
         checkpoint = _checkpoint(path)
-        loaded.append((record.get("model") or path.name, record.get("family"), record, inputs, checkpoint))
+        loaded.append((record.get("model") or path.name, record.get("family"), inputs, checkpoint))
     _check_same_data(loaded)
     models = [m for m, *_ in loaded]
     runs = [
-        ExplainRun(m if models.count(m) == 1 else f"{m}@{inputs.run.name}", m, family, record, inputs, ckpt)
-        for m, family, record, inputs, ckpt in loaded
+        ExplainRun(m if models.count(m) == 1 else f"{m}@{inputs.run.name}", m, family, inputs, ckpt)
+        for m, family, inputs, ckpt in loaded
     ]
     return sorted(runs, key=lambda r: (*order_key(r.model_name, r.family), r.name))
 
@@ -106,8 +105,8 @@ def _checkpoint(path: Path) -> Path:
 
 
 def _check_same_data(loaded) -> None:
-    first_model, _, _, first, _ = loaded[0]
-    for model, _, _, inputs, _ in loaded[1:]:
+    first_model, _, first, _ = loaded[0]
+    for model, _, inputs, _ in loaded[1:]:
         for what, a, b in (
             ("split fingerprint", first.split_fingerprint, inputs.split_fingerprint),
             ("dataset root", str(first.root.resolve()), str(inputs.root.resolve())),

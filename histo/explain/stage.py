@@ -126,7 +126,7 @@ def _explain_image(out: Path, row, stem: str, runs: list[ExplainRun], per_run: d
         picture = overlay(inputs[i], result.maps[i], image_weight)
         overlays[run.name] = save_png(picture, out / "overlays" / run.name / f"{stem}.png").relative_to(out).as_posix()
         stain = run.inputs.stain_method
-        tiles.append(Tile(run.label, run.family, picture, inputs[i], p, int(result.explained[i]), bool(result.flat[i]),
+        tiles.append(Tile(run.label, run.family, picture, inputs[i], p, bool(result.flat[i]),
                           "" if stain in (None, "none") else f"{stain} stain"))
         probs[run.name] = p.tolist()
         flat[run.name] = bool(result.flat[i])

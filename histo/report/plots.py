@@ -203,7 +203,7 @@ def per_group(rows, numbers: dict, colour: dict[str, str], key: str, labels: dic
 
 
 def per_patient(rows, numbers: dict, colour: dict[str, str], class_names: list[str], path: Path) -> Path:
-    """Share of each test patient's images classified correctly (rows: patients by class and subtype;
+    """Share of each patient's images classified correctly (rows: patients by class and subtype;
     columns: models), annotated with correct/total."""
     first = numbers[rows[0].name]["per_patient"]
     patients = sorted(first, key=lambda p: (first[p]["label"], first[p]["subtype"], p))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from histo.ensemble.table import COLUMNS
+from histo.evaluation.table_format import COLUMNS, errors, number, paper_cells, rank_value
 from histo.explain.montage import fmt_prob
 
 MONTAGE_WIDTH = 1100  # px of a montage embedded in the page (JPEG), to keep report.html small
@@ -47,6 +46,7 @@ class Report:
     warnings: list[str]
     rows: list[dict]
     rank_by: str
+    split: str  # the split every number is on: test (or val)
     plots: dict[str, Path | None]  # section -> PNG
     plot_notes: dict[str, str]
     gallery: list[dict]
@@ -70,26 +70,15 @@ def metric_cells(report: Report, row: dict, rank: int) -> list[tuple[str, str | 
     ci = row["numbers"].get("ci", {}).get("overall", {})
     cells = [(str(rank), None), (row["name"], None), (row["kind"], None)]
     for metric in COLUMNS:
-        cells.append((_number(overall.get(metric)), _interval(ci.get(metric))))
-    errors = round(overall["n_images"] * (1 - overall["accuracy"]))
-    cells += [(_number(overall.get("ece")), None), (f"{errors}/{overall['n_images']}", None)]
+        cells.append((number(overall.get(metric)), _interval(ci.get(metric))))
+    cells += [(number(overall.get("ece")), None), (f"{errors(overall)}/{overall['n_images']}", None)]
     if report.paper is not None:
-        key = row["paper_key"]
-        if key in report.paper.index:
-            p = report.paper.loc[key]
-            cells += [(_number(p["accuracy"]), None), (_number(p["balanced_accuracy"]), None),
-                      ("" if pd.isna(p["errors"]) else str(int(p["errors"])), None)]
-        else:
-            cells += [("", None)] * 3
+        cells += [(cell, None) for cell in paper_cells(report.paper, row["paper_key"])]
     return cells
 
 
 def ranked(report: Report) -> list[dict]:
-    def key(row):
-        value = row["numbers"]["overall"].get(report.rank_by)
-        return -math.inf if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
-    return sorted(report.rows, key=key, reverse=True)
+    return sorted(report.rows, key=lambda row: rank_value(row["numbers"]["overall"], report.rank_by), reverse=True)
 
 
 # ----- HTML -----
@@ -101,7 +90,7 @@ def to_html(report: Report) -> str:
     parts.append('<p class="toc">' + "".join(f'<a href="#{k}">{v}</a>' for k, v in SECTIONS.items()) + "</p>")
 
     parts.append(f'<h2 id="metrics">{SECTIONS["metrics"]}</h2>')
-    parts.append(f'<p class="note">Ranked by {_e(COLUMNS.get(report.rank_by, report.rank_by))} on the test split, '
+    parts.append(f'<p class="note">Ranked by {_e(COLUMNS.get(report.rank_by, report.rank_by))} on the {_e(report.split)} split, '
                  "best first. Cells: estimate, with its confidence interval beneath.</p>")
     header = metric_header(report)
     lines = ["<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr></thead><tbody>"]
@@ -175,7 +164,7 @@ def to_markdown(report: Report, out: Path) -> str:
     lines += [line for sentence in report.header for line in (sentence, "")]
     lines += [f"> **Warning**: {w}" for w in report.warnings]
     lines += ["", f"## {SECTIONS['metrics']}", "",
-              f"Ranked by {COLUMNS.get(report.rank_by, report.rank_by)} on test, best first. "
+              f"Ranked by {COLUMNS.get(report.rank_by, report.rank_by)} on {report.split}, best first. "
               "Cells: estimate (confidence interval).", ""]
     header = metric_header(report)
     lines += [_md_line(header), _md_line(["---"] * len(header))]
@@ -212,12 +201,6 @@ def _rel(path: Path, out: Path) -> str:
 
 def _md_line(cells) -> str:
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-
-def _number(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value + 0.0:.3f}"
 
 
 def _interval(interval) -> str | None:

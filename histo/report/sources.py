@@ -56,14 +56,19 @@ def load_rows(paths, split: str = "test", ensemble_members: bool = True) -> list
         raise ReportError("No inputs: runs='[<run or ensemble dir>,...]'.")
     models: dict[Path, Row] = {}
     ensembles: list[Row] = []
+
+    def add_model(run: Path) -> None:  # each run read once, also when several ensembles share it
+        if run.resolve() not in models:
+            models[run.resolve()] = _model_row(run, split)
+
     for path in paths:
         if (path / "run.json").is_file():
-            models.setdefault(path.resolve(), _model_row(path, split))
+            add_model(path)
         elif (path / "metrics.json").is_file():
             rows, members = _ensemble_rows(path, split)
             ensembles += rows
             for member in members if ensemble_members else []:
-                models.setdefault(member.resolve(), _model_row(member, split))
+                add_model(member)
         else:
             raise ReportError(
                 f"{path} is neither a training run (no run.json) nor an ensemble output (no metrics.json)."

@@ -16,6 +16,7 @@ from pathlib import Path
 from histo.data.breakhis import SUBTYPES
 from histo.evaluation import bootstrap, metrics, paper, predictions
 from histo.evaluation.json_file import write_json
+from histo.evaluation.table_format import DEFINITIONS
 from histo.report import gallery as gallery_mod
 from histo.report import plots
 from histo.report.numbers import row_numbers
@@ -85,7 +86,7 @@ def run_report(
         "confusion": "Rows: true class; columns: predicted. Colour: share of the true class (recall per class).",
         "magnification": f"Accuracy with its {ci_text}. Ensembles as diamonds.",
         "subtype": f"Accuracy of the images of each subtype with its {ci_text}; n = images (patients).",
-        "patient": ("Each test patient's images classified correctly (correct/total); the patient recognition "
+        "patient": (f"Each {split} patient's images classified correctly (correct/total); the patient recognition "
                     "rate in the metrics table is the mean of these shares."),
     }
 
@@ -121,18 +122,14 @@ def run_report(
                         f"{first.split.get('strategy')}): these numbers measure within-patient interpolation.")
     if compare_to == "paper":
         warnings.append(f"Paper columns: {paper.SOURCE}. {paper.CAVEAT}")
-    definitions = [
-        "PRR: patient recognition rate, the mean over patients of the share of their images classified correctly "
-        "(Spanhol et al. 2016); patient vote: accuracy of one label per patient from the mean probability of its "
-        "images; ECE: expected calibration error (15 bins); errors: misclassified images."
-    ]
+    definitions = [DEFINITIONS]
     report = Report(
         title=title or f"histo report: {_count(rows, 'model', 'model')}{_count(rows, 'ensemble', 'ensemble method', ', ')}"
                         f" on the {split} split",
         header=header, warnings=warnings,
         rows=[{"name": r.name, "kind": r.kind, "colour": colour[r.name], "source": str(r.source),
                "paper_key": r.paper_key, "numbers": numbers[r.name]} for r in rows],
-        rank_by=rank_by, plots=plot_paths, plot_notes=notes, gallery=shown,
+        rank_by=rank_by, split=split, plots=plot_paths, plot_notes=notes, gallery=shown,
         gallery_note=gallery_note, thumbs=thumbs, montages=montages,
         paper=paper.paper_results() if compare_to == "paper" else None, definitions=definitions,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,9 +48,11 @@ def normalize_folder(normalizer: StainNormalizer, input_dir: str | Path, output_
     if not files:
         raise FileNotFoundError(f"No *.png under input={input_dir}.")
     passed: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=2) as pool, tqdm(total=len(files), unit="img", desc=normalizer.method) as bar:
-        images = pool.map(lambda rel: read_rgb(input_dir / rel), files)  # decoded ahead, in order
-        writes = []
+    window = 2 * max(1, batch_size)  # images decoded ahead and written behind: memory stays bounded
+    with ThreadPoolExecutor(max_workers=2) as readers, ThreadPoolExecutor(max_workers=1) as writer, \
+            tqdm(total=len(files), unit="img", desc=normalizer.method) as bar:
+        images = _read_ahead(readers, [input_dir / f for f in files], window)
+        writes: deque = deque()
         for batch_files, batch in _batches(files, images, batch_size):
             tensor = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(device)
             out, failed = normalizer.normalize(tensor, names=[str(input_dir / f) for f in batch_files])
@@ -57,11 +60,23 @@ def normalize_folder(normalizer: StainNormalizer, input_dir: str | Path, output_
             for rel, image, reason in zip(batch_files, out, failed, strict=True):
                 if reason:
                     passed[str(rel)] = reason
-                writes.append(pool.submit(_write_png, output_dir / rel, image))
+                writes.append(writer.submit(_write_png, output_dir / rel, image))
+                while len(writes) > window:
+                    writes.popleft().result()
             bar.update(len(batch_files))
         for w in writes:
             w.result()
     return passed
+
+
+def _read_ahead(pool: ThreadPoolExecutor, paths: list[Path], window: int) -> Iterator[np.ndarray]:
+    """The decoded images of ``paths`` in order, at most ``window`` of them decoded ahead."""
+    pending: deque = deque(pool.submit(read_rgb, p) for p in paths[:window])
+    for path in paths[window:]:
+        yield pending.popleft().result()
+        pending.append(pool.submit(read_rgb, path))
+    while pending:
+        yield pending.popleft().result()
 
 
 def _batches(files: list[Path], images: Iterator[np.ndarray], size: int):

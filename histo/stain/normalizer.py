@@ -144,15 +144,20 @@ class StainNormalizer(ABC):
         """uint8 (N, 3, H, W) to uint8 (N, 3, H, W): :meth:`normalize` without the reasons."""
         return self.normalize(images)[0]
 
-    def __call__(self, image: np.ndarray, name: str | None = None) -> np.ndarray:
-        """One uint8 RGB (H, W, 3) numpy image (what the dataset decodes) to the same, on the CPU.
-        An image passed through unchanged is logged with ``name``."""
+    def normalize_image(self, image: np.ndarray, name: str | None = None) -> tuple[np.ndarray, str | None]:
+        """One uint8 RGB (H, W, 3) numpy image to the same, on the CPU, and why it was left unchanged
+        (a key of ``REASONS``) or None."""
         batch = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
         out, failed = self.normalize(batch, names=[name] if name else None)
-        if failed[0]:
+        return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy()), failed[0]
+
+    def __call__(self, image: np.ndarray, name: str | None = None) -> np.ndarray:
+        """:meth:`normalize_image` for the dataset: an image passed through unchanged is logged with ``name``."""
+        out, reason = self.normalize_image(image, name)
+        if reason:
             log.warning("Stain normalization (%s) left %s unchanged: %s.", self.method, name or "an image",
-                        REASONS[failed[0]])
-        return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
+                        REASONS[reason])
+        return out
 
     def _account(self, failed: list, names: Sequence[str] | None) -> None:
         self.counts["normalized"] += sum(f is None for f in failed)

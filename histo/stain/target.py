@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 FORMAT = "histo.stain_target/1"
+OUTPUT_NEUTRAL = ("on_failure",)  # options that decide what happens on failure, not which pixels come out
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,10 @@ class StainTarget:
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of the method, values and options (not the source): equal fingerprints map
-        images identically, e.g. a key for a cache of normalized images."""
-        content = json.dumps([self.method, self.values, self.options], sort_keys=True)
+        """A short hash of the method, values and the options that change pixels (not the source, not
+        ``on_failure``): equal fingerprints map images identically, e.g. a key for a cache of normalized images."""
+        pixel_options = {k: v for k, v in self.options.items() if k not in OUTPUT_NEUTRAL}
+        content = json.dumps([self.method, self.values, pixel_options], sort_keys=True)
         return hashlib.sha256(content.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:

@@ -1,0 +1,58 @@
+"""How metrics appear in the tables of ``table.md`` (histo-ensemble) and the report (histo-report):
+column titles, number format, the ranking key, error counts, the paper's cells and the definitions."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+COLUMNS = {  # metric -> column title
+    "accuracy": "accuracy",
+    "balanced_accuracy": "bal. acc.",
+    "precision": "precision",
+    "recall": "recall",
+    "specificity": "specificity",
+    "f1": "F1",
+    "auroc": "AUROC",
+    "patient_recognition_rate": "PRR",
+    "patient_vote_accuracy": "patient vote",
+}
+DEFINITIONS = (
+    "PRR: patient recognition rate, the mean over patients of the share of their images classified correctly "
+    "(Spanhol et al. 2016); patient vote: accuracy of one label per patient from the mean probability of its "
+    "images; ECE: expected calibration error (15 bins); errors: misclassified images."
+)
+
+
+def missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def number(value) -> str:
+    """Three decimals, ``-`` when missing.
+
+    >>> number(0.98765), number(None), number(float("nan")), number(-0.0)
+    ('0.988', '-', '-', '0.000')
+    """
+    return "-" if missing(value) else f"{value + 0.0:.3f}"
+
+
+def rank_value(overall: dict, metric: str) -> float:
+    """The sort key of a row ranked by ``metric`` (best first with ``reverse=True``): missing values last."""
+    value = overall.get(metric)
+    return -math.inf if missing(value) or not math.isfinite(value) else value
+
+
+def errors(overall: dict) -> int:
+    """Misclassified images, from the accuracy and the image count."""
+    return int(round(overall["n_images"] * (1 - overall["accuracy"])))
+
+
+def paper_cells(paper_results: pd.DataFrame, key: str) -> list[str]:
+    """The paper's accuracy, balanced accuracy and errors for row ``key`` (empty when the paper has none)."""
+    if key not in paper_results.index:
+        return ["", "", ""]
+    row = paper_results.loc[key]
+    return [number(row["accuracy"]), number(row["balanced_accuracy"]),
+            "" if pd.isna(row["errors"]) else str(int(row["errors"]))]
