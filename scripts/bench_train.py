@@ -43,10 +43,10 @@ sys.path.insert(0, str(REPO))
 import pytorch_lightning as pl  # noqa: E402
 
 from histo import CONF_DIR  # noqa: E402
+from histo.evaluation.paper import MODELS  # noqa: E402
 from histo.models import Classifier  # noqa: E402
 from histo.models.backbone import create_backbone, normalization  # noqa: E402
 
-MODELS = ["v1_b0", "v1_b1", "v1_b2", "v1_b3", "v1_b4", "v2_b0", "v2_b1", "v2_b2", "v2_b3", "v2_s"]
 CLASSES = ["benign", "malignant"]
 PAPER_EPOCH = {"train": 5545, "val": 1182}  # images per epoch in the paper's split
 warnings.filterwarnings("ignore", message=".*(does not have many workers|log_every_n_steps|LeafSpec).*")
@@ -166,7 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = MODELS if args.models == "all" else args.models.split(",")
+    names = list(MODELS) if args.models == "all" else args.models.split(",")
     gpu = args.device.startswith("cuda")
 
     rows, ratios = [], []

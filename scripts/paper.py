@@ -25,7 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-MODELS = ["v1_b0", "v1_b1", "v1_b2", "v1_b3", "v1_b4", "v2_b0", "v2_b1", "v2_b2", "v2_b3", "v2_s"]
+from histo.evaluation.compare import find_runs, fold_summary, fold_summary_markdown
+from histo.evaluation.mcnemar import mcnemar_frames
+from histo.evaluation.paper import MODELS
+
 ENSEMBLES = ["v1", "v2", "all"]
 METHODS = "[soft,hard,weighted,stack,greedy,feature_stack]"
 # --smoke: tiny and fast, on CPU (what CI runs so the reproduction path never rots).
@@ -89,8 +92,6 @@ def paper(args, extra: list[str], out: Path) -> list[str]:
 
 
 def patient(args, extra: list[str], out: Path) -> list[str]:
-    from histo.evaluation.compare import fold_summary, fold_summary_markdown
-
     prepare_caches(args, extra)
     reports = []
     for fold in range(args.folds):
@@ -108,16 +109,14 @@ def patient(args, extra: list[str], out: Path) -> list[str]:
 
 
 def stain(args, extra: list[str], out: Path) -> list[str]:
-    from histo.evaluation.mcnemar import mcnemar_frames
-    from histo.evaluation.run_dir import RunDir
-
     sweep = out / "models"
     histo("train", "-m", "experiment=paper/stain_comparison", f"data.root={args.data}", f"hydra.sweep.dir={sweep}",
           *extra)
-    runs = sorted(p.parent for p in sweep.rglob("run.json"))
+    found = find_runs(sweep)
+    runs = [run.path for run in found]
     report = out / "report"
     histo("report", f"runs=[{','.join(map(str, runs))}]", f"out={report}", "compare_to=paper", *_report_extra(args))
-    frames = [RunDir(r).read_predictions("test") for r in runs]
+    frames = [run.read_predictions("test") for run in found]
     test = mcnemar_frames(*frames)
     text = (f"McNemar's exact test, {runs[0].name} vs {runs[1].name} on the same {test['n_images']} test images: "
             f"{test['a_only_correct']} right only without stain normalization, {test['b_only_correct']} right only "

@@ -128,15 +128,20 @@ def _patient_labels(frame: pd.DataFrame) -> pd.Series:
 
 
 def _patient_split(frame: pd.DataFrame, rng: np.random.Generator, val_ratio: float, test_ratio: float) -> np.ndarray:
+    role = _patient_roles(_patient_labels(frame), rng, val_ratio, test_ratio)
+    return frame["patient"].map(role).to_numpy(dtype=object)
+
+
+def _patient_roles(labels: pd.Series, rng: np.random.Generator, val_ratio: float, test_ratio: float) -> dict:
+    """Each patient's split: per class, the patients shuffled, the first to val, the next to test, the rest to train."""
     role = {}
-    labels = _patient_labels(frame)
     for _, patients in labels.groupby(labels):
         ids = patients.index.to_numpy()[rng.permutation(len(patients))]
         n_val, n_test = _allocate(len(ids), val_ratio, test_ratio)
         role.update({p: "val" for p in ids[:n_val]})
         role.update({p: "test" for p in ids[n_val : n_val + n_test]})
         role.update({p: "train" for p in ids[n_val + n_test :]})
-    return frame["patient"].map(role).to_numpy(dtype=object)
+    return role
 
 
 def _allocate(n: int, val_ratio: float, test_ratio: float) -> tuple[int, int]:
@@ -165,11 +170,7 @@ def _patient_kfold_split(
     _, test_rows = list(kfold.split(frame, frame["label"], groups=frame["patient"]))[fold]
     out = np.full(len(frame), "train", dtype=object)
     out[test_rows] = "test"
-    labels = _patient_labels(frame.loc[out == "train"])
-    val_patients = []
-    for _, patients in labels.groupby(labels):
-        ids = patients.index.to_numpy()[rng.permutation(len(patients))]
-        n_val, _ = _allocate(len(ids), val_ratio, 0.0)
-        val_patients.extend(ids[:n_val])
+    roles = _patient_roles(_patient_labels(frame.loc[out == "train"]), rng, val_ratio, 0.0)
+    val_patients = [p for p, role in roles.items() if role == "val"]
     out[frame["patient"].isin(val_patients).to_numpy() & (out == "train")] = "val"
     return out

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from histo import CONF_DIR
-from histo.ensemble.members import EnsembleError, find_runs
+from histo.ensemble.members import EnsembleError, runs_of_models
 from histo.ensemble.stage import run_ensemble
 
 log = logging.getLogger("histo.ensemble")
@@ -26,7 +26,7 @@ def ensemble(cfg: DictConfig, out: str) -> dict:
     if cfg.models:
         if not cfg.sweep_dir:
             raise EnsembleError(f"models={list(cfg.models)} picks runs from a multirun directory: set sweep_dir=<dir>.")
-        runs += [str(p) for p in find_runs(cfg.sweep_dir, _as_list(cfg.models))]
+        runs += [str(p) for p in runs_of_models(cfg.sweep_dir, _as_list(cfg.models))]
     elif cfg.sweep_dir:
         raise EnsembleError("sweep_dir is set but no models to pick from it: add ensemble=v1|v2|all or models='[...]'.")
     settings = OmegaConf.to_container(cfg.settings, resolve=True) if cfg.get("settings") else {}

@@ -125,7 +125,7 @@ def load_members(paths) -> Members:
     return Members(members)
 
 
-def find_runs(sweep_dir, models) -> list[Path]:
+def runs_of_models(sweep_dir, models) -> list[Path]:
     """The finished runs of a multirun directory (``<sweep_dir>/<job>/run.json``) whose model is in ``models``.
 
     Runs are returned in the order of ``models``, then of their directory names; every listed model must be found.

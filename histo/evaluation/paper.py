@@ -1,4 +1,5 @@
-"""The paper's printed test numbers (Kalati et al. 2025; PAPER.md section 4), kept once, as data.
+"""The paper (Kalati et al. 2025): its ten models in its order, and its printed test numbers
+(PAPER.md section 4), kept once, as data.
 
 ``paper_kalati2025.csv`` holds one row per model or ensemble of the paper, keyed by our names:
 model names (``v1_b0`` ... ``v2_s``), ``<ensemble> <method>`` for ensembles (``v1 soft`` = the
@@ -20,6 +21,26 @@ CAVEAT = (
     "The paper's split is by image: every test patient also has images in train, so its numbers measure "
     "within-patient interpolation and are not comparable with a patient-disjoint split (PAPER.md section 6)."
 )
+
+# the paper's order: V1 B0-B4, then V2 B0, B1, B2, B3, S (tables, montages and make paper follow it)
+MODELS = ("v1_b0", "v1_b1", "v1_b2", "v1_b3", "v1_b4", "v2_b0", "v2_b1", "v2_b2", "v2_b3", "v2_s")
+FAMILY_ORDER = ("v1", "v2")
+
+
+def display_name(model: str) -> str:
+    """``v1_b0`` -> ``V1-B0``, ``v2_s`` -> ``V2-S``; other names unchanged.
+
+    >>> display_name("v2_s"), display_name("v1_b3"), display_name("resnet")
+    ('V2-S', 'V1-B3', 'resnet')
+    """
+    return model.upper().replace("_", "-") if model in MODELS else model
+
+
+def order_key(model: str, family: str | None) -> tuple:
+    """Sort key: family (V1, V2, others), then the paper's model order, then the name."""
+    family_rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
+    model_rank = MODELS.index(model) if model in MODELS else len(MODELS)
+    return family_rank, model_rank, model
 
 
 def paper_results() -> pd.DataFrame:

@@ -70,7 +70,29 @@ def logits(frame: pd.DataFrame) -> np.ndarray:
 
 
 def probabilities(frame: pd.DataFrame) -> np.ndarray:
-    """Softmax of the logits, computed stably."""
-    z = logits(frame)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    """Softmax of the frame's logits."""
+    return softmax(logits(frame))
+
+
+def softmax(z) -> np.ndarray:
+    """Softmax over the last axis, computed stably in float64."""
+    z = np.asarray(z, dtype=np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def most_wrong_first(frames: list[pd.DataFrame]) -> tuple[np.ndarray, np.ndarray]:
+    """For prediction frames of several models on the same images (rows in the same order): which model
+    gets which image wrong, (models, N) bool, and the image order most often wrong first, then most
+    confidently (lowest mean probability of the true class), then by name.
+
+    >>> a = pd.DataFrame({"image": ["x", "y", "z"], "label": [0, 1, 1], "logit_b": [0.0, 2.0, 0.0], "logit_m": [1.0, 0.0, 3.0]})
+    >>> wrong, order = most_wrong_first([a, a])
+    >>> wrong.sum(axis=0).tolist(), order.tolist()
+    ([2, 2, 0], [1, 0, 2])
+    """
+    labels = frames[0]["label"].to_numpy()
+    probs = np.stack([probabilities(f) for f in frames])  # (models, N, C)
+    wrong = probs.argmax(axis=2) != labels
+    p_true = probs.mean(axis=0)[np.arange(len(labels)), labels]
+    return wrong, np.lexsort((frames[0]["image"].to_numpy(), p_true, -wrong.sum(axis=0)))

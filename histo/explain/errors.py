@@ -1,5 +1,5 @@
-"""The one error type of the explain and report stages."""
+"""The error type of the explain stage (histo-report meets it too: it reads runs through histo.explain.inputs)."""
 
 
 class ExplainError(ValueError):
-    """Runs, images or options that cannot be explained or reported; the message names the key or path and what to do."""
+    """Runs, images or options that cannot be explained; the message names the key or path and what to do."""

@@ -10,28 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from histo.evaluation.paper import display_name, order_key
 from histo.evaluation.run_dir import RunDir
 from histo.explain.errors import ExplainError
 from histo.explain.inputs import RunInputs, run_inputs
-
-MODEL_ORDER = ("v1_b0", "v1_b1", "v1_b2", "v1_b3", "v1_b4", "v2_b0", "v2_b1", "v2_b2", "v2_b3", "v2_s")
-FAMILY_ORDER = ("v1", "v2")
-
-
-def display_name(model: str) -> str:
-    """``v1_b0`` -> ``V1-B0``, ``v2_s`` -> ``V2-S``; other names unchanged.
-
-    >>> display_name("v2_s"), display_name("v1_b3"), display_name("resnet")
-    ('V2-S', 'V1-B3', 'resnet')
-    """
-    return model.upper().replace("_", "-") if model in MODEL_ORDER else model
-
-
-def order_key(model: str, family: str | None) -> tuple:
-    """Sort key: family (V1, V2, others), then the paper's model order, then the name."""
-    family_rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
-    model_rank = MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER)
-    return family_rank, model_rank, model
 
 
 @dataclass

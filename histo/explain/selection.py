@@ -45,15 +45,16 @@ def select_images(
     if isinstance(images, str):
         frames = prediction_frames(runs, split)
         meta = frames[0][predictions.META_COLUMNS].assign(split=split)
-        probs = np.stack([predictions.probabilities(f) for f in frames])  # (runs, N, C)
         labels = meta["label"].to_numpy()
         if images == "misclassified":
             if misclassified_by not in MISCLASSIFIED_BY:
                 raise ExplainError(f"misclassified_by={misclassified_by!r} is not valid; use any or mean.")
-            wrong = probs.argmax(axis=2) != labels
-            chosen = wrong.any(axis=0) if misclassified_by == "any" else probs.mean(axis=0).argmax(axis=1) != labels
-            p_true = probs.mean(axis=0)[np.arange(len(labels)), labels]
-            order = np.lexsort((meta["image"].to_numpy(), p_true, -wrong.sum(axis=0)))
+            wrong, order = predictions.most_wrong_first(frames)
+            if misclassified_by == "any":
+                chosen = wrong.any(axis=0)
+            else:
+                mean = np.mean([predictions.probabilities(f) for f in frames], axis=0)
+                chosen = mean.argmax(axis=1) != labels
             picked = meta.iloc[[i for i in order if chosen[i]]]
             how = (f"Misclassified {split} images: {MISCLASSIFIED_BY[misclassified_by]} "
                    f"({len(picked)} of {len(meta)}), most often and most confidently wrong first.")

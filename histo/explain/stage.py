@@ -122,7 +122,7 @@ def _explain_image(out: Path, row, stem: str, runs: list[ExplainRun], per_run: d
     tiles, probs, overlays, flat, explained_class, diffs = [], {}, {}, {}, {}, []
     for run in runs:
         inputs, result = per_run[run.name]
-        p = _softmax(result.logits[i])
+        p = predictions.softmax(result.logits[i])
         picture = overlay(inputs[i], result.maps[i], image_weight)
         overlays[run.name] = save_png(picture, out / "overlays" / run.name / f"{stem}.png").relative_to(out).as_posix()
         stain = run.inputs.stain_method
@@ -189,8 +189,3 @@ def _stems(images: list[str]) -> list[str]:
         stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
     return stems
 
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float64)
-    e = np.exp(z - z.max())
-    return e / e.sum()

@@ -15,6 +15,7 @@ from histo.evaluation import predictions
 from histo.explain.errors import ExplainError
 from histo.explain.inputs import evaluation_inputs, run_inputs
 from histo.explain.stage import MANIFEST
+from histo.report.sources import ReportError
 
 log = logging.getLogger("histo.report")
 EXPLAIN_DIR = "explain"  # conventional place of a histo-explain output inside a run or ensemble directory
@@ -25,9 +26,8 @@ def misclassified(rows, class_names: list[str]) -> list[dict]:
     frame = rows[0].frame
     labels = frame["label"].to_numpy()
     probs = np.stack([predictions.probabilities(r.frame) for r in rows])  # (rows, N, C)
-    wrong = probs.argmax(axis=2) != labels
+    wrong, order = predictions.most_wrong_first([r.frame for r in rows])
     p_true = probs[:, np.arange(len(labels)), labels]
-    order = np.lexsort((frame["image"].to_numpy(), p_true.mean(axis=0), -wrong.sum(axis=0)))
     out = []
     for i in order:
         if not wrong[:, i].any():
@@ -60,7 +60,7 @@ def explain_dirs(given, rows) -> list[Path]:
     dirs = [Path(d) for d in ([given] if isinstance(given, (str, Path)) else list(given or []))]
     for directory in dirs:
         if not (directory / MANIFEST).is_file():
-            raise ExplainError(f"explain={directory} has no {MANIFEST}: give a histo-explain output directory.")
+            raise ReportError(f"explain={directory} has no {MANIFEST}: give a histo-explain output directory.")
     found = []
     for row in rows:
         for candidate in (row.source / EXPLAIN_DIR, *(m / EXPLAIN_DIR for m in row.members)):

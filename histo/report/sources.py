@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from histo.evaluation import paper, predictions
+from histo.evaluation.paper import display_name, order_key
 from histo.evaluation.predictions import PredictionFileError
 from histo.evaluation.run_dir import RunDir
-from histo.explain.runs import display_name, order_key
 
 
 class ReportError(ValueError):

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 METHODS: dict[str, type[StainNormalizer]] = {
     "none": Identity, "vahadane": Vahadane, "macenko": Macenko, "reinhard": Reinhard,
 }
-TARGET_KEYS = ("method", "target", "target_file")  # config keys that are not a method's settings
+NOT_SETTINGS = ("method", "target", "target_file")  # config keys that are not a method's settings
 TARGET_FILE = "stain_target.json"
 AUTO = "auto"
 
@@ -50,7 +50,7 @@ def fit_from_config(cfg: Mapping, root: str | Path | None = None, candidates: Se
     method = cfg.get("method", "none")
     if method == "none":
         return None
-    normalizer = make_normalizer(method, **{k: v for k, v in cfg.items() if k not in TARGET_KEYS})
+    normalizer = make_normalizer(method, **{k: v for k, v in cfg.items() if k not in NOT_SETTINGS})
     target, target_file = cfg.get("target"), cfg.get("target_file")
     if target and target_file:
         raise ValueError("Set one of stain.target and stain.target_file, not both.")
