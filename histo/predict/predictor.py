@@ -262,6 +262,20 @@ class Predictor:
         return out
 
 
+def load_predictor(runs=(), ensemble=None, method: str = "soft", calibrated: bool = False, device: str = "auto",
+                   precision: str = "auto") -> Predictor:
+    """The Predictor the commands' options describe: ``runs`` combined by ``method``, or the fitted ``method`` of
+    ``ensemble`` (one of the two)."""
+    runs = [runs] if isinstance(runs, (str, Path)) else list(runs or [])
+    if bool(runs) == bool(ensemble):
+        raise PredictError("Give either runs='[<run dir>,...]' or ensemble=<histo-ensemble output dir> (not both).")
+    if ensemble:
+        return Predictor.from_ensemble(ensemble, method, device, precision, calibrated)
+    if calibrated:
+        raise PredictError("calibrated=true applies an ensemble's fitted temperature; runs alone have none.")
+    return Predictor.from_runs(runs, method, device, precision)
+
+
 def _class_name(label: str, class_names: list[str], image: str) -> str:
     """A CSV label as a class name: the name itself, or its index."""
     if label in class_names:

@@ -18,8 +18,7 @@ from histo.evaluation import metrics
 from histo.evaluation.json_file import write_json
 from histo.explain.cam import DEFAULT_LAYER
 from histo.predict.cams import CamWriter
-from histo.predict.errors import PredictError
-from histo.predict.predictor import PredictionResult, Predictor
+from histo.predict.predictor import PredictionResult, load_predictor
 
 log = logging.getLogger("histo.predict")
 
@@ -46,15 +45,7 @@ def run_predict(
     seed: int = metrics.SEED,
 ) -> PredictionResult:
     """Predict ``images`` with ``runs`` (combined by ``method``) or the fitted ``method`` of ``ensemble``; write ``out``."""
-    runs = [runs] if isinstance(runs, (str, Path)) else list(runs or [])
-    if bool(runs) == bool(ensemble):
-        raise PredictError("Give either runs='[<run dir>,...]' or ensemble=<histo-ensemble output dir> (not both).")
-    if ensemble:
-        predictor = Predictor.from_ensemble(ensemble, method, device, precision, calibrated)
-    else:
-        if calibrated:
-            raise PredictError("calibrated=true applies an ensemble's fitted temperature; runs alone have none.")
-        predictor = Predictor.from_runs(runs, method, device, precision)
+    predictor = load_predictor(runs, ensemble, method, calibrated, device, precision)
     out = Path(out)
     writer = CamWriter(out / "cam", predictor.members, cam_method, cam_layer) if cam else None
     workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
