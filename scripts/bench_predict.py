@@ -8,10 +8,11 @@ network is an untrained run of ``--model`` at ``--size`` (speed does not depend 
 use the same weights, batch size, device and threads; each is warmed up once and then timed
 ``--repeats`` times, alternating, from file paths to probabilities; the table shows medians:
 
-- plain: one process, for each batch: PIL open + convert to RGB + resize (PIL bilinear) + normalize +
-  forward + softmax (what a user writes by hand; it skips histo's checks and its exact training resize);
+- plain: one process, the checkpoint loaded as the README's snippet loads it, for each batch: PIL open +
+  convert to RGB + resize (PIL bilinear) + normalize + forward + softmax (what a user writes by hand; it
+  skips histo's checks and its exact training resize);
 - histo-predict: :meth:`histo.predict.Predictor.run` (decode and resize in ``--workers`` loader processes,
-  the forward pass in the main process, every file checked, the table built).
+  the forward pass channels-last in the main process, every file checked, the table built).
 
 The last line, ``ratio: <histo-predict / plain>``, is the speed of ours relative to the plain loop
 (target on CPU: >= 1.0). ``--device cuda --models all`` adds one row per model at the paper's sizes
@@ -42,7 +43,7 @@ from histo import CONF_DIR  # noqa: E402
 from histo.data.breakhis import BINARY_CLASSES  # noqa: E402
 from histo.data.synthetic import SyntheticSpec, write_dataset  # noqa: E402
 from histo.evaluation.json_file import write_json  # noqa: E402
-from histo.models import Classifier  # noqa: E402
+from histo.models import Classifier, load_classifier  # noqa: E402
 from histo.predict import Predictor  # noqa: E402
 
 REAL_SAMPLE = REPO.parent / "shared" / "data" / "breakhis-sample" / "BreaKHis_v1"
@@ -65,10 +66,9 @@ def untrained_run(out: Path, model: str, size: int | None = None) -> Path:
     return out
 
 
-def plain_loop(predictor: Predictor, paths: list[str], batch: int) -> float:
-    """Seconds for the hand-written loop over ``paths`` with the predictor's first network."""
-    member = predictor.members[0]
-    model, size, device = member.model, member.input.image_size, member.device
+def plain_loop(model: torch.nn.Module, paths: list[str], batch: int) -> float:
+    """Seconds for the hand-written loop over ``paths`` with ``model`` (the checkpoint as a user loads it)."""
+    size, device = int(model.hparams.image_size), next(model.parameters()).device
     started = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, len(paths), batch):
@@ -111,13 +111,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         paths = _images(args.images, tmp, args.n)
-        predictor = Predictor.from_runs([untrained_run(tmp / "run", args.model, args.size)], device=args.device)
+        run = untrained_run(tmp / "run", args.model, args.size)
+        predictor = Predictor.from_runs([run], device=args.device)
+        plain_model = load_classifier(run / "checkpoints" / "untrained.ckpt", map_location=str(predictor.device)).eval()
         ours(predictor, paths[: args.batch], args.batch, args.workers)  # warm-up: workers, caches, kernels
-        plain_loop(predictor, paths[: args.batch], args.batch)
+        plain_loop(plain_model, paths[: args.batch], args.batch)
         times = {"plain": [], "histo-predict": []}
         for r in range(args.repeats):
             for side in ("plain", "histo-predict") if r % 2 == 0 else ("histo-predict", "plain"):
-                seconds = (plain_loop(predictor, paths, args.batch) if side == "plain"
+                seconds = (plain_loop(plain_model, paths, args.batch) if side == "plain"
                            else ours(predictor, paths, args.batch, args.workers))
                 times[side].append(seconds)
         rates = {side: [len(paths) / s for s in t] for side, t in times.items()}

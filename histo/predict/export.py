@@ -45,7 +45,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path, images=None) -> dict:
     (anything :mod:`histo.predict.sources` reads; default a few random images). Returns the sidecar."""
     if fmt not in FORMATS:
         raise PredictError(f"format={fmt!r} is not valid; use one of {', '.join(FORMATS)}.")
-    (member,) = load_runs([run], torch.device("cpu"), precision="32-true")
+    (member,) = load_runs([run], torch.device("cpu"), precision="32-true", channels_last=False)
     served = ServedClassifier(member.model).eval()
     size = member.input.image_size
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

@@ -47,9 +47,11 @@ class RunModel:
 
 
 def load_runs(paths: Sequence[str | Path], device: torch.device, precision: str = "auto",
-              names: Sequence[str] | None = None) -> list[RunModel]:
+              names: Sequence[str] | None = None, channels_last: bool = True) -> list[RunModel]:
     """The runs at ``paths`` on ``device``; ``names`` (default: the model names, ``model@<dir>`` when they
-    repeat). All must predict the same classes. ``precision``: ``auto`` (each run's own) or a key of AUTOCAST."""
+    repeat). All must predict the same classes. ``precision``: ``auto`` (each run's own) or a key of AUTOCAST.
+    ``channels_last``: NHWC network and input, about 1.6x faster convolutions on CPU (scripts/bench_predict.py);
+    logits change only by float rounding (below 1e-5)."""
     if precision != "auto" and precision not in AUTOCAST:
         raise PredictError(f"precision={precision!r} is not valid; use auto (each run's own) or one of "
                            f"{', '.join(AUTOCAST)}.")
@@ -60,7 +62,7 @@ def load_runs(paths: Sequence[str | Path], device: torch.device, precision: str 
     if names is None:
         models = [r.get("model") or p.name for r, p in zip(records, paths, strict=True)]
         names = [m if models.count(m) == 1 else f"{m}@{p.name}" for m, p in zip(models, paths, strict=True)]
-    loaded = [_load(path, record, name, device, precision)
+    loaded = [_load(path, record, name, device, precision, channels_last)
               for path, record, name in zip(paths, records, names, strict=True)]
     for other in loaded[1:]:
         if other.class_names != loaded[0].class_names:
@@ -79,7 +81,7 @@ def _record(path: Path) -> dict:
         raise PredictError(f"Run {path} cannot be used: {error}") from error
 
 
-def _load(path: Path, record: dict, name: str, device: torch.device, precision: str) -> RunModel:
+def _load(path: Path, record: dict, name: str, device: torch.device, precision: str, channels_last: bool) -> RunModel:
     from histo.models import load_classifier  # imports timm and Lightning: only when models are loaded
 
     run = RunDir(path)
@@ -101,6 +103,9 @@ def _load(path: Path, record: dict, name: str, device: torch.device, precision: 
         raise PredictError(f"Run {path}: cannot rebuild its model input: {error}") from error
     model = load_classifier(checkpoint, map_location=str(device)).float().eval()
     model.save_features = True
+    if channels_last:
+        model.net = model.net.to(memory_format=torch.channels_last)
+        model.hparams.channels_last = True  # preprocess() then hands the network NHWC input
     if int(model.hparams.image_size) != inputs.image_size:
         raise PredictError(f"Run {path}: checkpoint {checkpoint} is for {model.hparams.image_size} px but run.json "
                            f"says image_size={inputs.image_size}; the run directory is inconsistent.")
