@@ -8,14 +8,19 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
+from sklearn.metrics import roc_curve
 
 from histo.ensemble.stage import run_ensemble
 from histo.evaluation import metrics, paper
 from histo.evaluation.run_dir import RunDir
 from histo.explain.stage import run_explain
+from histo.report import plots
 from histo.report.sources import ReportError
 from histo.report.stage import run_report
 
@@ -96,3 +101,42 @@ def test_histo_report_command(trained_runs, tmp_path):
     page = (out / "report.html").read_text()
     assert "<title>Two tiny runs</title>" in page and "<b>V2-B0</b>" in page
     assert (out / "report.md").is_file()
+
+
+def _training_log(epochs: int, rng) -> pd.DataFrame:
+    """Per-epoch means as :func:`plots.read_curves` returns them, epochs from 0."""
+    loss = np.sort(rng.uniform(0.05, 0.7, (2, epochs)))[:, ::-1]
+    return pd.DataFrame({"train/loss": loss[0], "val/loss": loss[1], "train/acc": 1 - loss[0] / 2,
+                         "val/acc": 1 - loss[1] / 2}, index=pd.Index(range(epochs), name="epoch"))
+
+
+@pytest.mark.parametrize(("epochs", "runs"), [(1, 2), (1, 13), (40, 2), (40, 13)])
+def test_plots_fit_the_page_for_one_epoch_and_forty_two_curves_and_thirteen(tmp_path, epochs, runs):
+    rng = np.random.default_rng(epochs * runs)
+    names = [f"all feature_stack {k}" for k in range(runs)]  # as long as the paper report's names
+    colour = plots.colours(names)
+    assert len(set(colour.values())) == runs
+    curves = {n: (_training_log(epochs, rng), epochs - 1) for n in names}
+    figures = [plots.learning_curves(curves, colour, tmp_path / "curves.png")]
+    rows = [SimpleNamespace(name=n, kind="model" if k < runs // 2 + 1 else "ensemble", source=Path(f"ens{k % 3}"))
+            for k, n in enumerate(names)]
+    numbers = {}
+    for k, n in enumerate(names):
+        scores = rng.uniform(size=60) + np.repeat([0, 0.5], 30)
+        fpr, tpr, _ = roc_curve(np.repeat([0, 1], 30), scores if k % 4 else np.arange(60))  # every 4th: the same curve
+        numbers[n] = {"roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}, "overall": {"auroc": 0.95},
+                      "ci": {"overall": {"auroc": [0.9, 0.99]}}}
+    same = plots.identical_curves(rows, numbers)
+    assert same[names[0]] == names[::4]
+    assert len(plots.roc_groups(rows)) == (1 if runs <= 8 else 1 + len({r.source for r in rows if r.kind == "ensemble"}))
+    figures.append(plots.roc_curves(rows, numbers, colour, "malignant", tmp_path / "roc.png"))
+    for path in figures:
+        assert Image.open(path).width <= plots.PAGE_PX  # shown 1:1 in a 1280 px window: its text stays readable
+
+
+def test_learning_curves_count_epochs_from_zero_as_the_checkpoints(tmp_path):
+    log = tmp_path / "metrics.csv"
+    log.write_text("epoch,step,train/loss,val/loss\n0,5,,0.6\n0,5,0.7,\n1,11,,0.5\n1,11,0.6,\n")
+    curves = plots.read_curves(log)
+    assert curves.index.tolist() == [0, 1]
+    assert plots.best_epoch({"checkpoint": "checkpoints/best-epoch001.ckpt"}, curves) == 1
