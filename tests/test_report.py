@@ -17,10 +17,10 @@ from PIL import Image
 from sklearn.metrics import roc_curve
 
 from histo.ensemble.stage import run_ensemble
-from histo.evaluation import metrics, paper
+from histo.evaluation import metrics, paper, predictions
 from histo.evaluation.run_dir import RunDir
 from histo.explain.stage import run_explain
-from histo.report import plots
+from histo.report import gallery, plots
 from histo.report.sources import ReportError
 from histo.report.stage import run_report
 
@@ -39,7 +39,7 @@ def test_report_from_an_ensemble_and_its_members(ensemble_dir, tmp_path):
     page = run_report([ensemble_dir], out, compare_to="paper", resamples=100).read_text()
     names = ["V1-B0", "V2-B0", "v1v2 soft", "v1v2 hard"]
     table = page[page.index('<h2 id="metrics">'):page.index('<h2 id="curves">')]
-    assert "<table>" in table and all(f"<b>{n}</b>" in table for n in names)
+    assert '<table class="metrics">' in table and all(f"<b>{n}</b>" in table for n in names)
     assert "paper accuracy" in table and "0.988" in table and html.escape(paper.CAVEAT) in page  # the paper's V1-B0 beside ours
 
     # the same numbers as the ensemble stage, from the same prediction files and bootstrap
@@ -59,11 +59,15 @@ def test_report_from_an_ensemble_and_its_members(ensemble_dir, tmp_path):
     for plot in ("learning_curves", "roc", "confusion", "per_magnification", "per_subtype", "per_patient"):
         assert (out / "plots" / f"{plot}.png").is_file()
 
-    # the gallery: every misclassified image with a thumbnail, and Grad-CAM where explain computed it
+    # the gallery: every misclassified image, as stored and as the model saw it, ranked as histo-explain ranks
+    # them, so the first cards are the images explain (max_images=3) explained, each with its montage
     wrong = document["misclassified"]
-    assert len(wrong) > 0 and page.count('class="card"') == len(wrong)
-    explained = json.loads((ensemble_dir / "explain" / "explain.json").read_text())["images"]
-    assert 0 < page.count("Grad-CAM montage</summary>") == len({e["image"] for e in explained} & {w["image"] for w in wrong})
+    cards = page.split('<div class="card">')[1:]
+    assert len(wrong) > 0 and len(cards) == len(wrong)
+    assert all(card.count("<img") >= 2 and "original" in card and "model input" in card for card in cards)
+    explained = [e["image"] for e in json.loads((ensemble_dir / "explain" / "explain.json").read_text())["images"]]
+    assert explained and [w["image"] for w in wrong[:len(explained)]] == explained
+    assert ["Grad-CAM montage</summary>" in card for card in cards] == [i < len(explained) for i in range(len(cards))]
 
     # markdown: every picture it references exists
     markdown = (out / "report.md").read_text()
@@ -140,3 +144,19 @@ def test_learning_curves_count_epochs_from_zero_as_the_checkpoints(tmp_path):
     curves = plots.read_curves(log)
     assert curves.index.tolist() == [0, 1]
     assert plots.best_epoch({"checkpoint": "checkpoints/best-epoch001.ckpt"}, curves) == 1
+
+
+def test_gallery_ranks_as_explain_over_the_single_models_then_adds_what_only_ensembles_get_wrong():
+    def frame(p_malignant):  # images a, b (malignant) and c (benign)
+        logit = np.log(np.asarray(p_malignant) / (1 - np.asarray(p_malignant)))
+        return pd.DataFrame({"image": ["a", "b", "c"], "patient": ["1", "2", "3"], "subtype": ["DC", "DC", "A"],
+                             "magnification": [40, 40, 40], "label": [1, 1, 0], "logit_benign": 0.0,
+                             "logit_malignant": logit})
+
+    models = [SimpleNamespace(name=n, kind="model", frame=frame([0.3, 0.4, 0.1])) for n in ("A", "B")]
+    ensemble = SimpleNamespace(name="E", kind="ensemble", frame=frame([0.9, 0.1, 0.8]))  # wrong on b (surely) and c
+    wrong = gallery.misclassified([*models, ensemble], ["benign", "malignant"])
+    # explain over the two runs: a and b, each wrong in both, a more confidently; the ensemble's votes change nothing
+    _, order = predictions.most_wrong_first([m.frame for m in models])
+    assert [w["image"] for w in wrong] == ["a", "b", "c"] and models[0].frame["image"][order[:2]].tolist() == ["a", "b"]
+    assert [w["n_wrong"] for w in wrong] == [2, 3, 1]
