@@ -28,7 +28,7 @@ body{{font-family:system-ui,-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans
 h1{{font-size:26px;margin:0 0 6px}} h2{{font-size:20px;margin:34px 0 8px;border-bottom:2px solid #eee;padding-bottom:4px}}
 p,li{{font-size:14px;overflow-wrap:anywhere}} .note{{font-size:13px;color:#555}} .warn{{background:#fff4e5;border-left:4px solid #f0a020;padding:8px 12px;font-size:14px}}
 table{{border-collapse:collapse;font-size:12.5px;margin:8px 0}} th,td{{border:1px solid #d6d6d6;padding:3px 5px;vertical-align:top}}
-th{{background:#f3f3f3;text-align:left;font-size:12px;line-height:1.25}} td.name{{white-space:nowrap}}
+th{{background:#f3f3f3;text-align:left;font-size:12px;line-height:1.25;position:sticky;top:0}} td.name{{white-space:nowrap}}
 td.num{{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}}
 td.num small{{color:#777;font-size:10.5px;display:block}} td.kind{{color:#555;font-size:11.5px}}
 .swatch{{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:5px;vertical-align:-1px}}

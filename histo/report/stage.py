@@ -68,8 +68,7 @@ def run_report(
     magnifications = sorted({m for r in rows for m in numbers[r.name]["per_magnification"]}, key=int)
     subtypes = sorted({s for r in rows for s in numbers[r.name]["per_subtype"]},
                       key=lambda s: (SUBTYPES.get(s, ("", ""))[0], s))
-    metric_name = {"auroc": "AUROC", "f1": "F1"}.get(rank_by, rank_by.replace("_", " "))
-    metric_title = metric_name[0].upper() + metric_name[1:]
+    ranking = {"auroc": "AUROC", "f1": "F1"}.get(rank_by, rank_by.replace("_", " ").capitalize())
     figures = {  # section -> how to draw it; drawn one by one below, with progress
         "curves": lambda path: plots.learning_curves(curves, colour, path),
         "roc": lambda path: plots.roc_curves(rows, numbers, colour, positive, path) if positive else None,
@@ -77,7 +76,7 @@ def run_report(
         "magnification": lambda path: plots.per_group(
             rows, numbers, colour, "per_magnification",
             {m: _group_label(f"{m}x", rows[0].frame, "magnification", int(m)) for m in magnifications},
-            f"{metric_title} per magnification (the metric ranking the table, as in histo-ensemble)",
+            f"{ranking} per magnification (the metric that ranks the table, as in histo-ensemble)",
             rank_by, path),
         "subtype": lambda path: plots.per_group(
             rows, numbers, colour, "per_subtype", {s: _subtype_label(s, rows[0].frame) for s in subtypes},
@@ -98,7 +97,7 @@ def run_report(
                 + (" One panel for the single models and one per ensemble output." if len(plots.roc_groups(rows)) > 1
                    else "") if positive else "ROC curves are drawn for the binary task only."),
         "confusion": "Rows: true class; columns: predicted. Colour: share of the true class (recall per class).",
-        "magnification": f"{metric_title} with its {ci_text}; n = images (patients). Ensembles as diamonds.",
+        "magnification": f"{ranking} with its {ci_text}; n = images (patients). Ensembles as diamonds.",
         "subtype": f"Accuracy of the images of each subtype with its {ci_text}; n = images (patients).",
         "patient": (f"Each {split} patient's share of images classified correctly (cells say correct/total while they "
                     "are wide enough; metrics.json has every count); the patient recognition rate in the metrics "
