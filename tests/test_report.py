@@ -41,6 +41,8 @@ def test_report_from_an_ensemble_and_its_members(ensemble_dir, tmp_path):
     table = page[page.index('<h2 id="metrics">'):page.index('<h2 id="curves">')]
     assert '<table class="metrics">' in table and all(f"<b>{n}</b>" in table for n in names)
     assert "paper accuracy" in table and "0.988" in table and html.escape(paper.CAVEAT) in page  # the paper's V1-B0 beside ours
+    assert "PAPER.md" not in page and "README.md, section" in page  # it cites what the repository holds
+    assert "Balanced accuracy with its" in page  # per magnification: the metric histo-ensemble's table.md shows
 
     # the same numbers as the ensemble stage, from the same prediction files and bootstrap
     document = json.loads((out / "metrics.json").read_text())
@@ -85,7 +87,7 @@ def test_report_of_runs_on_val_and_refusals(trained_runs, tmp_path):
     per_patient = document["rows"]["V1-B0"]["per_patient"]
     assert np.mean([p["share_correct"] for p in per_patient.values()]) == pytest.approx(
         document["rows"]["V1-B0"]["overall"]["patient_recognition_rate"])
-    assert (out / "report.md").read_text().count("![](gallery/") == min(2, len(document["misclassified"]))
+    assert (out / "report.md").read_text().count("![](gallery/") == 2 * min(2, len(document["misclassified"]))  # original, input
 
     with pytest.raises(ReportError, match="neither a training run"):
         run_report([tmp_path], tmp_path / "x")
