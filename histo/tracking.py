@@ -1,4 +1,4 @@
-"""Experiment tracking beyond per-epoch metrics, for whichever loggers a run has.
+"""Experiment tracking beyond per-epoch metrics, for whichever loggers a run has (always a CSV log).
 
 Every logger gets the resolved config as hyperparameters and the test metrics (overall, with
 their confidence bounds); W&B also gets them as the run summary (so its dashboard table compares
@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+
+from histo.evaluation.run_dir import RunDir
+
+
+def with_training_log(loggers: list[Logger], run: RunDir) -> list[Logger]:
+    """``loggers`` plus a CSV logger writing ``run.training_log_path``, unless one of them already does:
+    histo-report draws the learning curves from that file, so every run keeps it, whatever ``logger=`` chose."""
+    path = run.training_log_path.resolve()
+    if any(isinstance(lg, CSVLogger) and (Path(lg.log_dir) / path.name).resolve() == path for lg in loggers):
+        return loggers
+    return [*loggers, CSVLogger(save_dir=path.parent.parent, name=path.parent.name, version="")]
 
 
 def log_config(loggers: list[Logger], config: dict) -> None:

@@ -85,7 +85,8 @@ def train(cfg: DictConfig) -> dict:
     writer = PredictionWriter(run.path)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None] + [writer]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    loggers = tracking.with_training_log(loggers, run)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     config = OmegaConf.to_container(cfg, resolve=True)
     tracking.log_config(trainer.loggers, config)
 

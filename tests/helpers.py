@@ -12,7 +12,8 @@ from omegaconf import DictConfig, open_dict
 from histo import CONF_DIR
 from histo.data.synthetic import SyntheticSpec
 
-REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "breakhis-sample" / "BreaKHis_v1"
+REPO = Path(__file__).resolve().parents[1]
+REAL_SAMPLE = REPO.parent / "shared" / "data" / "breakhis-sample" / "BreaKHis_v1"
 SMALL_SPEC = SyntheticSpec(patients_per_subtype=2, images_per_magnification=2, width=64, height=42, seed=3)
 
 # What every test training run shares: CPU, tiny images, no progress bar, no worker processes.

@@ -9,7 +9,7 @@ from histo.data.breakhis import DataError, build_index
 from histo.data.splits import make_split, read_split
 from histo.data.synthetic import SyntheticSpec, write_dataset
 
-# PAPER.md 2.1: floor(0.15 n) per class x magnification group of the full dataset.
+# The paper's image split (README.md, "Reproducing the paper"): floor(0.15 n) per class x magnification group of the full dataset.
 PAPER_GROUPS = {  # (class, magnification): (train, val, test)
     ("benign", 40): (439, 93, 93), ("benign", 100): (452, 96, 96),
     ("benign", 200): (437, 93, 93), ("benign", 400): (412, 88, 88),

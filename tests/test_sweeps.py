@@ -57,12 +57,18 @@ def test_histo_compare_refuses_a_directory_without_runs(tmp_path, capsys):
     assert "no run.json" in capsys.readouterr().err
 
 
-def test_submitit_local_launcher_runs_a_two_job_sweep(synthetic_root, tmp_path):
+def test_submitit_local_launcher_runs_a_two_job_sweep(synthetic_root, tmp_path, capsys):
     """The SLURM plugin's local launcher: the same job-array code path, on this machine."""
     runs = sweep(synthetic_root, tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
                  "model=v1_b0,v2_b0")
     assert [RunDir(r).record()["model"] for r in runs] == ["v1_b0", "v2_b0"]
     assert list(tmp_path.glob(".submitit/*/*_log.out"))  # submitit ran them as jobs
+
+    # histo-compare of a model sweep: the model column once, although `model` is the override that differs
+    assert compare_main([str(tmp_path)]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith("| run | model | n_images |") and header.count("| model |") == 1
+    assert list(pd.read_csv(tmp_path / "compare.csv").columns[:3]) == ["run", "model", "n_images"]
 
 
 def test_slurm_and_optuna_configs_compose(tmp_path):

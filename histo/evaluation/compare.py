@@ -16,6 +16,7 @@ import yaml
 from histo.evaluation.metrics import METRICS
 from histo.evaluation.run_dir import RunDir
 
+RUN_COLUMNS = ("run", "model", "n_images")  # the columns of every comparison, beside the overrides that differ
 SHOWN = ("accuracy", "balanced_accuracy", "auroc", "f1", "patient_recognition_rate", "patient_vote_accuracy")
 
 
@@ -44,7 +45,8 @@ def comparison(root: str | Path, split: str = "test", sort_by: str = "balanced_a
     runs = find_runs(root)
     given = [overrides(r) for r in runs]
     keys = sorted({k for o in given for k in o})
-    differing = [k for k in keys if len({o.get(k) for o in given}) > 1]
+    # a `model=` override is the model column's own choice: shown once, as the run recorded it
+    differing = [k for k in keys if len({o.get(k) for o in given}) > 1 and k not in RUN_COLUMNS]
     rows = []
     for run, over in zip(runs, given, strict=True):
         record = run.record()

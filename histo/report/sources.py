@@ -46,7 +46,7 @@ class Row:
 
     @property
     def curves_path(self) -> Path | None:
-        return None if self.run is None else self.run / "csv" / "metrics.csv"
+        return None if self.run is None else RunDir(self.run).training_log_path
 
 
 def load_rows(paths, split: str = "test", ensemble_members: bool = True) -> list[Row]:
