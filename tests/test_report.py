@@ -96,3 +96,19 @@ def test_histo_report_command(trained_runs, tmp_path):
     page = (out / "report.html").read_text()
     assert "<title>Two tiny runs</title>" in page and "<b>V2-B0</b>" in page
     assert (out / "report.md").is_file()
+
+
+def test_report_warns_of_image_level_folds_and_shows_hard_voting_as_votes(tmp_path):
+    from helpers import binary_run, binary_split
+    meta = {"val": binary_split("val", 1, 4), "test": binary_split("test", 5, 8)}
+    runs = [binary_run(tmp_path / name, name, meta, {"val": 1.0, "test": 1.0}, k)
+            for k, name in enumerate(["v1_b0", "v1_b1", "v2_b0"])]
+    run_ensemble(runs, tmp_path / "ens", methods=["hard", "weighted"], name="v", resamples=0)
+    run_report([tmp_path / "ens"], tmp_path / "report", resamples=0, gallery_max=0)
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    warning = next(line for line in markdown.splitlines() if line.startswith("> **Warning**") and "image-level" in line)
+    assert "weighted" in warning
+    hard_row = next(line for line in markdown.splitlines() if "| v hard |" in line)
+    assert "n/a" in hard_row and "vote share" in markdown
+    rows = json.loads((tmp_path / "report" / "metrics.json").read_text())["rows"]
+    assert rows["v hard"]["overall"]["ece"] is None and rows["v hard"]["score"] == "vote_share"

@@ -83,3 +83,47 @@ def test_mcnemar_frames_needs_the_same_images():
     assert out["a_only_correct"] + out["b_only_correct"] == len(frame)
     with pytest.raises(ValueError, match="same images"):
         mcnemar_frames(frame, frame.iloc[1:])
+
+
+# ---- intervals that mean what they say (issue 14) --------------------------------------------------------------------
+
+def test_no_zero_width_interval_when_a_class_has_one_test_patient():
+    # A real run had 1 benign and 2 malignant test patients: patient recognition rate, patient vote and
+    # specificity got zero-width intervals. No bootstrap covers anything there: no interval, and why.
+    frame = _frame(n_patients=3)  # patient 0 benign, 1 and 2 malignant
+    out = metrics.evaluate(frame, resamples=300, seed=0)
+    for name in metrics.METRICS:
+        assert out["ci"]["overall"][name] is None, name
+    assert "1 benign and 2 malignant test patients" in out["ci_method"]["withheld"]["overall"]
+    assert out["overall"]["specificity"] is not None  # the estimate stays
+
+
+def test_enough_patients_give_intervals_wider_than_the_old_stratified_percentile():
+    frame = _frame(n_patients=24)  # 8 benign, 16 malignant
+    out = metrics.evaluate(frame, resamples=400, seed=0)
+    assert out["ci_method"]["withheld"]["overall"] is None
+    table = metrics.patient_table(frame["label"], predictions.probabilities(frame), frame["patient"])
+    old = bootstrap.intervals(lambda w: metrics.scores(table, w), table.patient_label, 400, 0, 0.95,
+                              bootstrap.PREVIOUS)
+    for name in ("accuracy", "specificity", "patient_recognition_rate"):
+        low, high = out["ci"]["overall"][name]
+        assert low <= out["overall"][name] <= high
+        assert high - low > old[name][1] - old[name][0], name  # the old one was too narrow for 8 patients
+
+
+def test_coverage_script_runs_and_says_where_no_interval_is_given(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ci_coverage.py"
+    result = subprocess.run([sys.executable, str(script), "--sims", "15", "--patients", "3,16", "--images", "60",
+                             "--resamples", "100", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = (tmp_path / "coverage.md").read_text()
+    row3 = next(line for line in table.splitlines() if line.startswith("| 3 (1/2) | 60 |"))
+    row16 = next(line for line in table.splitlines() if line.startswith("| 16 (5/11) | 60 |"))
+    assert row3.count("none (") == 5 and "none" not in row16
+    coverage = pd.read_csv(tmp_path / "coverage.csv")
+    assert set(coverage["scheme"]) >= {bootstrap.PREVIOUS.name, bootstrap.DEFAULT.without_minimum().name}
+    assert coverage["coverage"].between(0, 1).all()

@@ -16,7 +16,7 @@ from pathlib import Path
 from histo.data.breakhis import SUBTYPES
 from histo.evaluation import bootstrap, metrics, paper, predictions
 from histo.evaluation.json_file import write_json
-from histo.evaluation.table_format import DEFINITIONS
+from histo.evaluation.table_format import DEFINITIONS, VOTES_NOTE
 from histo.report import gallery as gallery_mod
 from histo.report import plots
 from histo.report.numbers import row_numbers
@@ -55,7 +55,7 @@ def run_report(
     class_names = predictions.class_names(rows[0].frame)
     colour = plots.colours([r.name for r in rows])
     log.info("Report on %d row(s): %s", len(rows), ", ".join(r.name for r in rows))
-    numbers = {r.name: row_numbers(r.frame, resamples, seed, level) for r in rows}
+    numbers = {r.name: row_numbers(r.frame, resamples, seed, level, r.score) for r in rows}
 
     plot_dir = out / "plots"
     positive = class_names[1] if len(class_names) == 2 else None
@@ -82,6 +82,8 @@ def run_report(
                    "checkpoint whose predictions are reported. Ensembles have no training curves."
                    if plot_paths["curves"] else "No training logs found (csv/metrics.csv of the runs; logger=csv)."),
         "roc": (f"Positive class {positive}; AUROC with its {ci_text}. Ensembles dashed."
+                + (" Hard voting: the ROC curve of the vote share." if any(r.score == "vote_share" for r in rows)
+                   else "")
                 if positive else "ROC curves are drawn for the binary task only."),
         "confusion": "Rows: true class; columns: predicted. Colour: share of the true class (recall per class).",
         "magnification": f"Accuracy with its {ci_text}. Ensembles as diamonds.",
@@ -120,9 +122,18 @@ def run_report(
     if leaked:
         warnings.append(f"{leaked} test patient(s) also have images in train (split "
                         f"{first.split.get('strategy')}): these numbers measure within-patient interpolation.")
+    for row in rows:
+        warnings += [f"Ensemble {row.source.name}: {w}" for w in row.warnings
+                     if f"Ensemble {row.source.name}: {w}" not in warnings]
     if compare_to == "paper":
         warnings.append(f"Paper columns: {paper.SOURCE}. {paper.CAVEAT}")
     definitions = [DEFINITIONS]
+    if any(r.score == "vote_share" for r in rows):
+        definitions.append(VOTES_NOTE)
+    withheld = next((why for r in rows if (why := numbers[r.name].get("ci_method", {}).get("withheld", {}).get(
+        "overall"))), None)
+    if withheld:
+        definitions.append(bootstrap.withheld_note(withheld))
     report = Report(
         title=title or f"histo report: {_count(rows, 'model', 'model')}{_count(rows, 'ensemble', 'ensemble method', ', ')}"
                         f" on the {split} split",
@@ -171,5 +182,4 @@ def _group_label(title: str, frame, column: str, value) -> str:
 def _ci_text(resamples: int, seed: int, level: float) -> str:
     if resamples <= 0:
         return "no confidence interval (bootstrap resamples = 0)"
-    return (f"{level:.0%} percentile interval from {resamples} bootstrap resamples of patients "
-            f"(stratified by label, seed {seed})")
+    return bootstrap.summary(bootstrap.describe(resamples, seed, level))
