@@ -87,8 +87,8 @@ def coverage_cell(n_benign: int, n_malignant: int, n_images: int, schemes: dict[
         table = simulate(rng, n_benign, n_malignant, n_images, args)
         statistic = CachedStatistic(table)
         for name, scheme in schemes.items():
-            found = bootstrap.intervals(statistic, table.patient_label, args.resamples, seed * 100_003 + sim,
-                                        args.level, scheme)
+            found, _ = bootstrap.intervals(statistic, table.patient_label, args.resamples, seed * 100_003 + sim,
+                                           args.level, scheme)
             for metric in SHOWN:
                 low, high = found[metric]
                 ok = low is not None and high is not None and high > low
@@ -137,6 +137,20 @@ def candidates(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def simulate_all(args, started: float) -> pd.DataFrame:
+    """Coverage of every candidate scheme (and histo's default) at every size of the grid."""
+    schemes = dict(bootstrap.SCHEMES)
+    schemes.setdefault(bootstrap.DEFAULT.without_minimum().name, bootstrap.DEFAULT.without_minimum())
+    rows = []
+    sizes = [(p, n) for p in map(int, args.patients.split(",")) for n in map(int, args.images.split(",")) if n >= p]
+    for k, (patients, n_images) in enumerate(sizes):
+        n_benign, n_malignant = split_sizes(patients, args.benign_share)
+        rows += coverage_cell(n_benign, n_malignant, n_images, schemes, args, seed=args.seed * 1000 + k)
+        print(f"  {patients} patients ({n_benign}/{n_malignant}), {n_images} images: done "
+              f"({time.time() - started:.0f} s)", flush=True)
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", default="3,6,10,13,16,20", help="test patients per set (comma-separated)")
@@ -152,25 +166,21 @@ def main() -> None:
     parser.add_argument("--dirichlet", type=float, default=1.5, help="evenness of images per patient")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("outputs/ci_coverage"))
+    parser.add_argument("--from-csv", type=Path, default=None,
+                        help="only rewrite the tables from a coverage.csv (run with the same simulation options)")
     args = parser.parse_args()
 
-    schemes = dict(bootstrap.SCHEMES)
-    schemes.setdefault(bootstrap.DEFAULT.without_minimum().name, bootstrap.DEFAULT.without_minimum())
     started = time.time()
-    rows = []
-    sizes = [(p, n) for p in map(int, args.patients.split(",")) for n in map(int, args.images.split(",")) if n >= p]
-    for k, (patients, n_images) in enumerate(sizes):
-        n_benign, n_malignant = split_sizes(patients, args.benign_share)
-        rows += coverage_cell(n_benign, n_malignant, n_images, schemes, args, seed=args.seed * 1000 + k)
-        print(f"  {patients} patients ({n_benign}/{n_malignant}), {n_images} images: done "
-              f"({time.time() - started:.0f} s)", flush=True)
-    frame = pd.DataFrame(rows)
+    if args.from_csv:
+        frame = pd.read_csv(args.from_csv)
+    else:
+        frame = simulate_all(args, started)
     args.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out / "coverage.csv", index=False)
     truth = truths(1, 2, args.mu_benign, args.mu_malignant, args.sd_patient, args.sd_image)
     text = (
-        f"# Coverage of {args.level:.0%} patient-bootstrap intervals ({args.sims} simulated test sets per size, "
-        f"{args.resamples} resamples)\n\n"
+        f"# Coverage of {args.level:.0%} patient-bootstrap intervals ({int(frame['sims'].iloc[0])} simulated test sets "
+        f"per size, {args.resamples} resamples)\n\n"
         f"Margins mu benign {args.mu_benign}, malignant {args.mu_malignant}, sd patient {args.sd_patient}, sd image "
         f"{args.sd_image}: true balanced accuracy {truth['balanced_accuracy']:.3f}, AUROC {truth['auroc']:.3f}, "
         f"specificity {truth['specificity']:.3f}. A missing or zero-width interval counts as not covering.\n\n"
@@ -180,7 +190,7 @@ def main() -> None:
         + old_vs_new(frame, bootstrap.DEFAULT)
         + "\n## Every candidate: mean coverage over metrics and image counts (worst cell)\n\n"
         + candidates(frame)
-        + f"\n{time.time() - started:.0f} s.\n"
+        + ("" if args.from_csv else f"\n{time.time() - started:.0f} s.\n")
     )
     (args.out / "coverage.md").write_text(text)
     print("\n" + text)

@@ -103,8 +103,8 @@ def test_enough_patients_give_intervals_wider_than_the_old_stratified_percentile
     out = metrics.evaluate(frame, resamples=400, seed=0)
     assert out["ci_method"]["withheld"]["overall"] is None
     table = metrics.patient_table(frame["label"], predictions.probabilities(frame), frame["patient"])
-    old = bootstrap.intervals(lambda w: metrics.scores(table, w), table.patient_label, 400, 0, 0.95,
-                              bootstrap.PREVIOUS)
+    old, _ = bootstrap.intervals(lambda w: metrics.scores(table, w), table.patient_label, 400, 0, 0.95,
+                                 bootstrap.PREVIOUS)
     for name in ("accuracy", "specificity", "patient_recognition_rate"):
         low, high = out["ci"]["overall"][name]
         assert low <= out["overall"][name] <= high

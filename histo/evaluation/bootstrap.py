@@ -9,6 +9,9 @@ A :class:`Scheme` says how the patients are drawn and how the interval is read o
   stratum has at least two patients (a stratum of one patient adds no variance at all).
 - ``interval``: ``percentile``, or ``bca`` (bias-corrected and accelerated, Efron 1987; the
   acceleration from the leave-one-patient-out jackknife).
+- ``expand``: widen the tails for few patients (Hesterberg 2015's "expanded percentile": the normal
+  quantile replaced by sqrt(n/(n-1)) t_(n-1), n the patients of the smallest class), because a bootstrap
+  of n patients has too little spread, and images of one patient are strongly alike.
 - ``min_patients_per_class``: with fewer test patients in some class, no bootstrap reaches its
   nominal coverage (``scripts/ci_coverage.py`` measures this), so no interval is given (``None``)
   and the reason is recorded, instead of printing an interval that is far too narrow.
@@ -66,7 +69,8 @@ SCHEMES = {s.name: s for s in (
     Scheme("label_if_possible", "percentile", expand=True),
     Scheme("none", "bca", expand=True),
 )}
-DEFAULT = Scheme("none", "percentile", expand=True, min_patients_per_class=5)
+# Chosen by coverage (scripts/ci_coverage.py): the candidate closest to 95 % where any comes near it.
+DEFAULT = Scheme("none", "bca", expand=True, min_patients_per_class=5)
 
 
 def patient_weights(strata: np.ndarray, resamples: int, seed: int) -> np.ndarray:
@@ -121,23 +125,28 @@ def intervals(
     seed: int,
     level: float,
     scheme: Scheme = DEFAULT,
-) -> dict[str, list[float | None]]:
-    """``[low, high]`` of every metric ``statistic`` returns, from patient resamples.
+    class_names=None,
+) -> tuple[dict[str, list[float | None] | None], str | None]:
+    """``[low, high]`` of every metric ``statistic`` returns, from patient resamples, and None.
 
     ``statistic(weights)`` maps patient weights (B, P) to metrics of shape (B,) each (see
-    :func:`histo.evaluation.metrics.scores`); ``patient_label`` (P,) gives the strata.
+    :func:`histo.evaluation.metrics.scores`); ``patient_label`` (P,) gives the strata. With fewer than
+    ``scheme.min_patients_per_class`` patients in a class: every interval None, and the reason.
     """
     _check_level(level)
     patient_label = np.asarray(patient_label)
+    n = len(patient_label)
+    why = too_few_patients(patient_label, scheme.min_patients_per_class, class_names)
+    if why:
+        return {name: None for name in statistic(np.ones((1, n)))}, why
     weights = patient_weights(strata(patient_label, scheme.stratify), resamples, seed)
     samples = statistic(weights)
     z = tail_z(level, patient_label, scheme.expand)
     if scheme.interval == "percentile":
-        return {name: _quantiles(v, norm.cdf(z)) for name, v in samples.items()}
-    n = len(patient_label)
+        return {name: _quantiles(v, norm.cdf(z)) for name, v in samples.items()}, None
     point = statistic(np.ones((1, n)))
     jackknife = statistic(np.ones((n, n)) - np.eye(n)) if n > 1 else {k: np.full(1, np.nan) for k in samples}
-    return {name: bca_interval(samples[name], float(point[name][0]), jackknife[name], z) for name in samples}
+    return {name: bca_interval(samples[name], float(point[name][0]), jackknife[name], z) for name in samples}, None
 
 
 def bca_interval(samples: np.ndarray, point: float, jackknife: np.ndarray, z) -> list[float | None]:
@@ -184,7 +193,7 @@ def summary(describe_record: dict) -> str:
     """One sentence for tables and pages: how the intervals in them were made.
 
     >>> summary(describe(1000, 0, 0.95))
-    '95% CI: expanded percentile bootstrap over patients (unstratified), 1000 resamples, seed 0; none with fewer than 5 test patients in a class'
+    '95% CI: expanded BCa bootstrap over patients (unstratified), 1000 resamples, seed 0; none with fewer than 5 test patients in a class'
     """
     d = describe_record
     kind = ("expanded " if d.get("expanded") else "") + ("BCa" if d["interval"] == "bca" else d["interval"])

@@ -217,14 +217,10 @@ def evaluate(frame: pd.DataFrame, resamples: int = RESAMPLES, seed: int = SEED, 
 
 def confidence_intervals(table: PatientTable, resamples: int, seed: int, level: float, class_names=None,
                          names=METRICS) -> tuple[dict[str, list[float | None] | None], str | None]:
-    """Each metric's interval from :data:`bootstrap.DEFAULT`, and None with the reason when the test set
-    has too few patients of a class for an interval to mean what it says."""
-    why = bootstrap.too_few_patients(table.patient_label, bootstrap.DEFAULT.min_patients_per_class, class_names)
-    if why:
-        return {name: None for name in names}, why
-    found = bootstrap.intervals(lambda w: {k: v for k, v in scores(table, w).items() if k in names},
-                                table.patient_label, resamples, seed, level)
-    return found, None
+    """Each metric's interval (:data:`bootstrap.DEFAULT`), or None and the reason when the test set has
+    too few patients of a class for an interval to mean what it says."""
+    return bootstrap.intervals(lambda w: {k: v for k, v in scores(table, w).items() if k in names},
+                               table.patient_label, resamples, seed, level, class_names=class_names)
 
 
 def vote_shares(probs: np.ndarray) -> np.ndarray:
