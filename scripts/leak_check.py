@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import t
 
+from histo.evaluation import metrics
 from histo.evaluation.compare import find_runs
 from histo.evaluation.json_file import write_json
 from histo.evaluation.table_format import COLUMNS
@@ -52,11 +53,12 @@ def train(data: Path, sweep: Path, seeds: int, epochs: int, model: str, extra: l
 
 
 def collect(sweep: Path) -> list[dict]:
-    """Per run: strategy, seed, test metrics with their intervals, test size, leak counts."""
+    """Per run: strategy, seed, test metrics with their intervals (from its prediction file, with the
+    current bootstrap), test size, leak counts."""
     runs = []
     for run in find_runs(sweep):
         record = run.record()
-        test = record["metrics"]["test"]
+        test = metrics.evaluate(run.read_predictions("test"))
         runs.append({
             "run": str(run.path), "strategy": record["split"]["strategy"], "seed": record["seed"],
             "n_images": test["overall"]["n_images"], "n_patients": test["overall"]["n_patients"],
@@ -156,16 +158,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--model", default="lite0")
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/leak_check-<time>")
+    parser.add_argument("--tables-only", action="store_true", help="no training: tables of the runs in --out")
     args, extra = parser.parse_known_args()
     if not args.data.is_dir():
         parser.error(f"--data must be a BreaKHis_v1 folder (got {args.data}); e.g. make leak-check DATA=/data/BreaKHis_v1")
     out = args.out or Path("outputs") / f"leak_check-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.time()
-    train(args.data, out / "runs", args.seeds, args.epochs, args.model, extra)
+    if not args.tables_only:
+        train(args.data, out / "runs", args.seeds, args.epochs, args.model, extra)
     runs = collect(out / "runs")
     summary = summarize(runs)
     text = markdown(summary, runs, args.data, args.epochs, args.model)
-    text += f"\n{time.time() - started:.0f} s on this machine.\n"
+    if not args.tables_only:
+        text += f"\n{time.time() - started:.0f} s on this machine.\n"
     (out / "leak_check.md").write_text(text)
     (out / "leak_check.html").write_text(html(text, "histo leak check"))
     write_json(out / "leak_check.json", {"summary": summary, "runs": runs})
