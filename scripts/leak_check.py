@@ -2,6 +2,7 @@
 of the same images, over several seeds; what `make leak-check` runs.
 
     python scripts/leak_check.py --data <BreaKHis_v1> [--seeds 3] [--epochs 3] [--out DIR] [overrides...]
+    python scripts/leak_check.py --out DIR --tables-only     # the tables again, from the runs in DIR
 
 Each seed s trains the model twice with training seed s and split seed s: once on ``split=image`` (the
 paper's: stratified by class x magnification, so a person's images land in train and test) and once on
@@ -14,8 +15,8 @@ Output in ``--out``: ``leak_check.md`` and ``leak_check.html`` (the tables), ``l
 number), ``runs/`` (the runs). The tables give, per split strategy, the test accuracy, balanced accuracy
 and patient recognition rate as the mean over seeds with a 95 % t-interval over seeds (the spread of the
 whole recipe: split, initialisation, training), the image-minus-patient difference paired by seed, each
-run's own numbers with its patient-bootstrap interval (none where its test set has too few patients),
-and the leak: test people (and slides) that also have images in train.
+run's own numbers with its patient-bootstrap interval (recomputed from its prediction file; none where its
+test set has too few patients), and the leak: test people (and slides) that also have images in train.
 """
 
 from __future__ import annotations
@@ -162,6 +163,8 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     if not args.data.is_dir():
         parser.error(f"--data must be a BreaKHis_v1 folder (got {args.data}); e.g. make leak-check DATA=/data/BreaKHis_v1")
+    if args.tables_only and args.out is None:
+        parser.error("--tables-only needs --out, the folder of an earlier leak check")
     out = args.out or Path("outputs") / f"leak_check-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.time()
     if not args.tables_only:
