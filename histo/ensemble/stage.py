@@ -104,7 +104,6 @@ def run_ensemble(
         test = mcnemar(combinations[method].test.argmax(axis=1) == labels, best_correct)
         entry["mcnemar_vs_best_member"] = {
             "best_member": best,
-        "best_member_chosen_on": "val",
             "n_images": test["n_images"],
             "ensemble_only_correct": test["a_only_correct"],
             "member_only_correct": test["b_only_correct"],

@@ -72,7 +72,7 @@ def comparison(root: str | Path, split: str = "test", sort_by: str = "balanced_a
 
 
 def sort_key(split: str, metric: str) -> str:
-    """The column a comparison is sorted by: ``val_balanced_accuracy``, or the metric itself for the split shown."""
+    """The column a comparison is sorted by, e.g. ``val_balanced_accuracy``."""
     return f"{split}_{metric}"
 
 
