@@ -62,6 +62,8 @@ def collect(sweep: Path) -> list[dict]:
         test = metrics.evaluate(run.read_predictions("test"))
         runs.append({
             "run": str(run.path), "strategy": record["split"]["strategy"], "seed": record["seed"],
+            "model": record["model"], "epochs": record["config"]["trainer"]["max_epochs"],
+            "data": record["data"]["root"],
             "n_images": test["overall"]["n_images"], "n_patients": test["overall"]["n_patients"],
             **{m: test["overall"][m] for m in SHOWN},
             "ci": {m: (test.get("ci") or {}).get("overall", {}).get(m) for m in SHOWN},
@@ -103,10 +105,12 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
-def markdown(summary: dict, runs: list[dict], data: Path, epochs: int, model: str) -> str:
+def markdown(summary: dict, runs: list[dict]) -> str:
     seeds = summary["seeds"]
+    recipe = sorted({f"{r['model']}, {r['epochs']} epochs" for r in runs})
     lines = [
-        f"# The paper's leak on {data}: {model}, {epochs} epochs, seeds {', '.join(map(str, seeds))}",
+        f"# The paper's leak on {', '.join(sorted({r['data'] for r in runs}))}: {'; '.join(recipe)}, seeds "
+        f"{', '.join(map(str, seeds))}",
         "",
         "Mean over seeds [95 % t-interval over seeds]; difference: image split minus patient split, paired by seed.",
         "",
@@ -171,7 +175,7 @@ def main() -> None:
         train(args.data, out / "runs", args.seeds, args.epochs, args.model, extra)
     runs = collect(out / "runs")
     summary = summarize(runs)
-    text = markdown(summary, runs, args.data, args.epochs, args.model)
+    text = markdown(summary, runs)
     if not args.tables_only:
         text += f"\n{time.time() - started:.0f} s on this machine.\n"
     (out / "leak_check.md").write_text(text)

@@ -21,7 +21,8 @@ def _module():
 
 
 def _run(strategy, seed, accuracy, leak):
-    return {"run": f"{strategy}{seed}", "strategy": strategy, "seed": seed, "n_images": 30, "n_patients": 3 if leak == 0 else 16,
+    return {"run": f"{strategy}{seed}", "strategy": strategy, "seed": seed, "model": "lite0", "epochs": 3, "data": "d",
+            "n_images": 30, "n_patients": 3 if leak == 0 else 16,
             "accuracy": accuracy, "balanced_accuracy": accuracy, "patient_recognition_rate": accuracy,
             "ci": {m: None for m in ("accuracy", "balanced_accuracy", "patient_recognition_rate")},
             "ci_withheld": "1 benign and 2 malignant test patients: an interval needs at least 5 per class" if leak == 0 else None,
@@ -38,7 +39,8 @@ def test_summary_pairs_seeds_and_tables_the_leak():
     assert accuracy["difference"]["mean"] == pytest.approx(0.21)
     low, high = accuracy["difference"]["interval"]
     assert low < 0.21 < high and high <= 1
-    text = leak_check.markdown(summary, runs, Path("data"), 3, "lite0")
+    text = leak_check.markdown(summary, runs)
+    assert text.startswith("# The paper's leak on d: lite0, 3 epochs, seeds 0, 1, 2")
     assert "| test people also in train (per seed) | 16, 16, 16 | 0, 0, 0 | |" in text
     assert "| accuracy | 0.960 [" in text and "(no CI)" in text and "No CI: 1 benign and 2 malignant" in text
 
