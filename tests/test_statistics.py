@@ -41,6 +41,8 @@ def test_interval_contains_the_point_estimate():
     for block, point in [("overall", out["overall"]), *[(m, v) for m, v in out["per_magnification"].items()]]:
         ci = out["ci"]["overall"] if block == "overall" else out["ci"]["per_magnification"][block]
         for name in metrics.METRICS:
+            if ci[name] is None:  # every resample alike (every patient right): no interval, never a zero-width one
+                continue
             low, high = ci[name]
             assert low <= point[name] + 1e-12 and point[name] <= high + 1e-12, (block, name, low, point[name], high)
     low, high = out["ci"]["overall"]["accuracy"]
@@ -127,3 +129,14 @@ def test_coverage_script_runs_and_says_where_no_interval_is_given(tmp_path):
     coverage = pd.read_csv(tmp_path / "coverage.csv")
     assert set(coverage["scheme"]) >= {bootstrap.PREVIOUS.name, bootstrap.DEFAULT.without_minimum().name}
     assert coverage["coverage"].between(0, 1).all()
+
+
+def test_a_metric_every_resample_agrees_on_gets_no_interval():
+    # every patient's vote right: each resample says 1.0, a bootstrap cannot see the uncertainty of that
+    frame = _frame(n_patients=24)
+    frame["logit_malignant"] = np.where(frame["label"] == 1, 3.0, -3.0) + np.where(frame.index % 7 == 0, -8.0, 0.0) * (
+        frame["label"] == 1)
+    out = metrics.evaluate(frame, resamples=300, seed=0)
+    assert out["overall"]["patient_vote_accuracy"] == 1.0 and out["ci"]["overall"]["patient_vote_accuracy"] is None
+    low, high = out["ci"]["overall"]["accuracy"]
+    assert low < out["overall"]["accuracy"] <= high  # not everything is degenerate

@@ -44,6 +44,8 @@ def render(document: dict, paper_results: pd.DataFrame | None = None) -> str:
         "overall"))), None)
     if withheld:
         lines.append(bootstrap.withheld_note(withheld))
+    elif any(bootstrap.any_missing(row["test"].get("ci")) for row in rows):
+        lines.append(bootstrap.NO_CI)
     if document["positive_class"] is None:
         lines.append(MACRO_NOTE)
     leaked = document["split"].get("test_patients_in_train")

@@ -131,7 +131,9 @@ def intervals(
 
     ``statistic(weights)`` maps patient weights (B, P) to metrics of shape (B,) each (see
     :func:`histo.evaluation.metrics.scores`); ``patient_label`` (P,) gives the strata. With fewer than
-    ``scheme.min_patients_per_class`` patients in a class: every interval None, and the reason.
+    ``scheme.min_patients_per_class`` patients in a class: every interval None, and the reason. A metric
+    whose resamples are all equal (every patient right, say) gets None too: a zero-width interval would
+    claim a certainty the bootstrap cannot measure. ``[None, None]``: undefined in every resample.
     """
     _check_level(level)
     patient_label = np.asarray(patient_label)
@@ -143,10 +145,13 @@ def intervals(
     samples = statistic(weights)
     z = tail_z(level, patient_label, scheme.expand)
     if scheme.interval == "percentile":
-        return {name: _quantiles(v, norm.cdf(z)) for name, v in samples.items()}, None
-    point = statistic(np.ones((1, n)))
-    jackknife = statistic(np.ones((n, n)) - np.eye(n)) if n > 1 else {k: np.full(1, np.nan) for k in samples}
-    return {name: bca_interval(samples[name], float(point[name][0]), jackknife[name], z) for name in samples}, None
+        found = {name: _quantiles(v, norm.cdf(z)) for name, v in samples.items()}
+    else:
+        point = statistic(np.ones((1, n)))
+        jackknife = statistic(np.ones((n, n)) - np.eye(n)) if n > 1 else {k: np.full(1, np.nan) for k in samples}
+        found = {name: bca_interval(samples[name], float(point[name][0]), jackknife[name], z) for name in samples}
+    # every resample alike (e.g. every patient right): the bootstrap sees no uncertainty, which is not none
+    return {name: None if low is not None and low == high else [low, high] for name, (low, high) in found.items()}, None
 
 
 def bca_interval(samples: np.ndarray, point: float, jackknife: np.ndarray, z) -> list[float | None]:
@@ -204,10 +209,22 @@ def summary(describe_record: dict) -> str:
     return text
 
 
+NO_CI = ("No CI: too few test patients of a class for a trustworthy interval, or every resample gives the "
+         "same value (all patients right, say), so the bootstrap cannot measure the uncertainty.")
+
+
 def withheld_note(reason: str) -> str:
-    """The sentence that explains a missing interval to a reader of a table."""
+    """The sentence that explains intervals withheld for a whole test set to a reader of a table."""
     return (f"No CI: {reason}; with fewer, no bootstrap interval comes near its nominal coverage "
             "(measured by scripts/ci_coverage.py).")
+
+
+def any_missing(ci: dict | None) -> bool:
+    """Whether an ``evaluate(...)["ci"]`` block (overall and per magnification) has a metric without interval."""
+    if not ci:
+        return False
+    blocks = [ci.get("overall") or {}, *(ci.get("per_magnification") or {}).values()]
+    return any(interval is None for block in blocks for interval in (block or {}).values())
 
 
 def _quantiles(samples: np.ndarray, shares) -> list[float | None]:

@@ -134,6 +134,8 @@ def run_report(
         "overall"))), None)
     if withheld:
         definitions.append(bootstrap.withheld_note(withheld))
+    elif any(bootstrap.any_missing(numbers[r.name].get("ci")) for r in rows):
+        definitions.append(bootstrap.NO_CI)
     report = Report(
         title=title or f"histo report: {_count(rows, 'model', 'model')}{_count(rows, 'ensemble', 'ensemble method', ', ')}"
                         f" on the {split} split",
