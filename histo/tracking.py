@@ -33,8 +33,8 @@ def test_summary(record: dict) -> dict[str, float]:
     """Flat ``test/<metric>`` (and ``test/<metric>_low``/``_high``) values of a run record."""
     scores = record["metrics"]["test"]
     out = {f"test/{k}": v for k, v in scores["overall"].items() if isinstance(v, (int, float))}
-    for name, (low, high) in scores.get("ci", {}).get("overall", {}).items():
-        out[f"test/{name}_low"], out[f"test/{name}_high"] = low, high
+    for name, interval in scores.get("ci", {}).get("overall", {}).items():
+        out[f"test/{name}_low"], out[f"test/{name}_high"] = interval or (None, None)  # None: too few patients
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -158,7 +158,7 @@ def test_cache_modes_and_locations(root, tmp_path):
 
 def test_prepare_sizes_come_from_the_model_configs(tmp_path):
     sizes = model_sizes("all")
-    assert sizes == {224: ["v1_b0", "v2_b0"], 240: ["v1_b1", "v2_b1"], 260: ["v1_b2", "v2_b2"],
+    assert sizes == {224: ["lite0", "v1_b0", "v2_b0"], 240: ["v1_b1", "v2_b1"], 260: ["v1_b2", "v2_b2"],
                      300: ["v1_b3", "v2_b3"], 380: ["v1_b4", "v2_s"]}
     assert model_sizes(["v2_s"], [96]) == {96: ["96px"], 380: ["v2_s"]}
     assert model_sizes(None, [32]) == {32: ["32px"]}  # sizes alone: only those, not also the ten models'

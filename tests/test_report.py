@@ -162,3 +162,19 @@ def test_gallery_ranks_as_explain_over_the_single_models_then_adds_what_only_ens
     _, order = predictions.most_wrong_first([m.frame for m in models])
     assert [w["image"] for w in wrong] == ["a", "b", "c"] and models[0].frame["image"][order[:2]].tolist() == ["a", "b"]
     assert [w["n_wrong"] for w in wrong] == [2, 3, 1]
+
+
+def test_report_warns_of_image_level_folds_and_shows_hard_voting_as_votes(tmp_path):
+    from helpers import binary_run, binary_split
+    meta = {"val": binary_split("val", 1, 4), "test": binary_split("test", 5, 8)}
+    runs = [binary_run(tmp_path / name, name, meta, {"val": 1.0, "test": 1.0}, k)
+            for k, name in enumerate(["v1_b0", "v1_b1", "v2_b0"])]
+    run_ensemble(runs, tmp_path / "ens", methods=["hard", "weighted"], name="v", resamples=0)
+    run_report([tmp_path / "ens"], tmp_path / "report", resamples=0, gallery_max=0)
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    warning = next(line for line in markdown.splitlines() if line.startswith("> **Warning**") and "image-level" in line)
+    assert "weighted" in warning
+    hard_row = next(line for line in markdown.splitlines() if "| v hard |" in line)
+    assert "n/a" in hard_row and "vote share" in markdown
+    rows = json.loads((tmp_path / "report" / "metrics.json").read_text())["rows"]
+    assert rows["v hard"]["overall"]["ece"] is None and rows["v hard"]["score"] == "vote_share"

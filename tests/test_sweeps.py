@@ -40,7 +40,7 @@ def test_multirun_gives_each_run_its_own_directory(seed_sweep):
 
 def test_histo_compare_tables_the_runs(seed_sweep, capsys):
     out, _ = seed_sweep
-    assert compare_main([str(out), "--sort", "auroc"]) == 0
+    assert compare_main([str(out), "--sort", "auroc", "--sort-split", "test"]) == 0
     printed = capsys.readouterr().out
     table = pd.read_csv(out / "compare.csv")
     assert sorted(table["seed"]) == [1, 2]
@@ -86,3 +86,17 @@ def test_slurm_and_optuna_configs_compose(tmp_path):
     assert optuna.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert optuna.optimized_metric == "val/balanced_accuracy" and optuna.hydra.sweeper.direction == "maximize"
     assert compose_config("train", [], tmp_path).get("optimized_metric") is None
+
+
+def test_histo_compare_sorts_by_val_unless_asked(tmp_path, capsys):
+    # Sorting by test picks the winner on the numbers it then reports; the default ranks by val.
+    from histo.evaluation.compare import comparison
+    for name, val, test in [("a", 0.9, 0.6), ("b", 0.7, 0.8), ("c", 0.8, 0.7)]:
+        scores = {split: {"overall": {"n_images": 10, "balanced_accuracy": v}} for split, v in (("val", val), ("test", test))}
+        RunDir(tmp_path / name).write_record({"model": "v1_b0", "metrics": scores})
+    assert comparison(tmp_path)["run"].tolist() == ["a", "c", "b"]
+    assert comparison(tmp_path, sort_split="test")["run"].tolist() == ["b", "c", "a"]
+    assert compare_main([str(tmp_path)]) == 0
+    assert "sorted by val balanced_accuracy" in (tmp_path / "compare.md").read_text()
+    assert compare_main([str(tmp_path), "--sort-split", "test"]) == 0
+    assert pd.read_csv(tmp_path / "compare.csv")["run"].tolist() == ["b", "c", "a"]

@@ -79,11 +79,13 @@ def metric_header(report: Report) -> list[str]:
 def metric_cells(report: Report, row: dict, rank: int) -> list[tuple[str, str | None]]:
     """(estimate, CI text or None) per column of :func:`metric_header`."""
     overall = row["numbers"]["overall"]
-    ci = row["numbers"].get("ci", {}).get("overall", {})
+    block_ci = row["numbers"].get("ci", {}).get("overall")
+    votes = row["numbers"].get("score") == "vote_share"
     cells = [(str(rank), None), (row["name"], None), (row["kind"], None)]
     for metric in COLUMNS:
-        cells.append((number(overall.get(metric)), _interval(ci.get(metric))))
-    cells += [(number(overall.get("ece")), None), (f"{errors(overall)}/{overall['n_images']}", None)]
+        interval = "no CI" if block_ci and block_ci.get(metric) is None else _interval((block_ci or {}).get(metric))
+        cells.append((number(overall.get(metric)) + ("*" if votes and metric == "auroc" else ""), interval))
+    cells += [("n/a" if votes else number(overall.get("ece")), None), (f"{errors(overall)}/{overall['n_images']}", None)]
     if report.paper is not None:
         cells += [(cell, None) for cell in paper_cells(report.paper, row["paper_key"])]
     return cells

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from histo.data.breakhis import SUBTYPES
 from histo.evaluation import bootstrap, metrics, paper, predictions
 from histo.evaluation.json_file import write_json
-from histo.evaluation.table_format import DEFINITIONS
+from histo.evaluation.table_format import DEFINITIONS, VOTES_NOTE
 from histo.report import gallery as gallery_mod
 from histo.report import plots
 from histo.report.numbers import row_numbers
@@ -59,7 +59,7 @@ def run_report(
     class_names = predictions.class_names(rows[0].frame)
     colour = plots.colours([r.name for r in rows])
     log.info("Report on %d row(s): %s", len(rows), ", ".join(r.name for r in rows))
-    numbers = {r.name: row_numbers(r.frame, resamples, seed, level)
+    numbers = {r.name: row_numbers(r.frame, resamples, seed, level, r.score)
                for r in tqdm(rows, unit="row", desc=f"metrics, {resamples} bootstrap resamples")}
 
     plot_dir = out / "plots"
@@ -95,7 +95,10 @@ def run_report(
         "roc": (f"Positive class {positive}; AUROC with its {ci_text}. Ensembles dashed; identical curves are drawn "
                 "with alternating dashes of their colours and labelled 'same curve as'."
                 + (" One panel for the single models and one per ensemble output." if len(plots.roc_groups(rows)) > 1
-                   else "") if positive else "ROC curves are drawn for the binary task only."),
+                   else "")
+                + (" Hard voting: the ROC curve of the vote share." if any(r.score == "vote_share" for r in rows)
+                   else "")
+                if positive else "ROC curves are drawn for the binary task only."),
         "confusion": "Rows: true class; columns: predicted. Colour: share of the true class (recall per class).",
         "magnification": f"{ranking} with its {ci_text}; n = images (patients). Ensembles as diamonds.",
         "subtype": f"Accuracy of the images of each subtype with its {ci_text}; n = images (patients).",
@@ -136,9 +139,20 @@ def run_report(
     if leaked:
         warnings.append(f"{leaked} test patient(s) also have images in train (split "
                         f"{first.split.get('strategy')}): these numbers measure within-patient interpolation.")
+    for row in rows:
+        warnings += [f"Ensemble {row.source.name}: {w}" for w in row.warnings
+                     if f"Ensemble {row.source.name}: {w}" not in warnings]
     if compare_to == "paper":
         warnings.append(f"Paper columns: {paper.SOURCE}. {paper.CAVEAT}")
     definitions = [DEFINITIONS]
+    if any(r.score == "vote_share" for r in rows):
+        definitions.append(VOTES_NOTE)
+    withheld = next((why for r in rows if (why := numbers[r.name].get("ci_method", {}).get("withheld", {}).get(
+        "overall"))), None)
+    if withheld:
+        definitions.append(bootstrap.withheld_note(withheld))
+    elif any(bootstrap.any_missing(numbers[r.name].get("ci")) for r in rows):
+        definitions.append(bootstrap.NO_CI)
     report = Report(
         title=title or f"histo report: {_count(rows, 'model', 'model')}{_count(rows, 'ensemble', 'ensemble method', ', ')}"
                         f" on the {split} split",
@@ -187,5 +201,4 @@ def _group_label(title: str, frame, column: str, value) -> str:
 def _ci_text(resamples: int, seed: int, level: float) -> str:
     if resamples <= 0:
         return "no confidence interval (bootstrap resamples = 0)"
-    return (f"{level:.0%} percentile interval from {resamples} bootstrap resamples of patients "
-            f"(stratified by label, seed {seed})")
+    return bootstrap.summary(bootstrap.describe(resamples, seed, level))
