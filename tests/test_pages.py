@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from browser import launch
 
 from histo.ensemble.stage import run_ensemble
