@@ -58,6 +58,10 @@ class ParsedName:
         """Patient id under ``key`` (see :func:`patient_id`)."""
         return patient_id(self.slide, key)
 
+    def class_name(self, task: str) -> str:
+        """The image's class for ``task``: ``benign``/``malignant``, or the subtype's name."""
+        return self.tumor if task == "binary" else SUBTYPES[self.subtype][1]
+
 
 def patient_id(slide: str, key: str = "number") -> str:
     """The patient of a slide ``<yy>-<slide id>``: with ``key="number"`` (the default) its digits only, so the
@@ -72,10 +76,6 @@ def patient_id(slide: str, key: str = "number") -> str:
     year, rest = slide.split("-", 1)
     digits = re.match(r"\d*", rest).group(0)
     return f"{year}-{digits}" if digits else slide
-
-    def class_name(self, task: str) -> str:
-        """The image's class for ``task``: ``benign``/``malignant``, or the subtype's name."""
-        return self.tumor if task == "binary" else SUBTYPES[self.subtype][1]
 
 
 def parse_name(name: str) -> ParsedName | None:
