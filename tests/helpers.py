@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
+import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -47,3 +51,28 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> 
 def train_config(output_dir: Path, data_root: Path, *overrides: str) -> DictConfig:
     """A train config for a fast CPU run on ``data_root`` writing into ``output_dir``."""
     return compose_config("train", [*FAST, f"data.root={data_root}", *overrides], output_dir)
+
+
+class KillAfterEpochs(pl.Callback):
+    """``kill -9`` its own process at the end of training epoch ``epochs``, after checkpoints/last.ckpt is
+    written: an interrupted run at a known point (``+callbacks.kill._target_=helpers.KillAfterEpochs``)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 == self.epochs:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class WaitForFile(pl.Callback):
+    """Block at the end of the first training epoch until ``path`` exists: a run that is surely still
+    writing its directory while a test starts a second one."""
+
+    def __init__(self, path: str, timeout: float = 300.0):
+        self.path, self.timeout = Path(path), timeout
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        deadline = time.time() + self.timeout
+        while not self.path.exists() and time.time() < deadline:
+            time.sleep(0.1)

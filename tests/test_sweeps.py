@@ -53,8 +53,8 @@ def test_histo_compare_tables_the_runs(seed_sweep, capsys):
 
 
 def test_histo_compare_refuses_a_directory_without_runs(tmp_path, capsys):
-    assert compare_main([str(tmp_path)]) == 1
-    assert "no run.json" in capsys.readouterr().err
+    assert compare_main([str(tmp_path)]) == 2
+    assert "No training run under" in capsys.readouterr().err
 
 
 def test_submitit_local_launcher_runs_a_two_job_sweep(synthetic_root, tmp_path):

@@ -42,6 +42,8 @@ def render(document: dict, paper_results: pd.DataFrame | None = None) -> str:
     if leaked:
         lines.append(f"**Warning**: {leaked} test patients also have images in train (split "
                      f"`{document['split']['strategy']}`): these numbers measure within-patient interpolation.")
+    lines += [f"**Warning**: member {name}: {warning}" for name, member in document["members"].items()
+              for warning in member.get("warnings", [])]
     lines.append("")
 
     header = ["#", "model", "kind", *COLUMNS.values(), "ECE", "errors", f"vs {best} (McNemar)"]

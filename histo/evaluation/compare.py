@@ -1,8 +1,9 @@
-"""Compare results across runs: the runs of a sweep (one row per run, the overrides that differ,
+"""Compare results across runs: the runs of a sweep (one row per run, its state, the overrides that differ,
 metrics with intervals) and the folds of a cross-validation (mean and spread per model or ensemble).
 
-Reads only what the stages wrote: ``run.json`` and Hydra's ``.hydra/overrides.yaml`` of each run, or
-the ``metrics.json`` of each fold's report.
+Reads only what the stages wrote: ``run.json`` and Hydra's ``.hydra/`` files of each run, or the
+``metrics.json`` of each fold's report. Runs that are unfinished (running, interrupted) or broken (a
+damaged run.json, a prediction file that changed) are listed with their state, never skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from histo.evaluation.metrics import METRICS
 from histo.evaluation.run_dir import RunDir
 
 SHOWN = ("accuracy", "balanced_accuracy", "auroc", "f1", "patient_recognition_rate", "patient_vote_accuracy")
+RUN_MARKERS = ("run.json", "run.lock", "split.csv", "checkpoints")  # what only a training run's directory holds
 
 
 def find_runs(root: str | Path) -> list[RunDir]:
@@ -30,45 +32,83 @@ def find_runs(root: str | Path) -> list[RunDir]:
     return runs
 
 
+def run_directories(root: str | Path) -> list[RunDir]:
+    """Every training run directory under ``root``, finished or not (anything a run writes marks one), in path order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory.")
+    found = sorted({p.parent for marker in RUN_MARKERS for p in root.rglob(marker)})
+    if not found:
+        raise FileNotFoundError(f"No training run under {root} (no run.json, run.lock, split.csv or checkpoints/).")
+    return [RunDir(p) for p in found]
+
+
 def overrides(run: RunDir) -> dict[str, str]:
-    """The command-line overrides of a run (``key=value``), from Hydra's record of the job."""
+    """The command-line overrides of a run (``key=value``), from Hydra's record of the job; ``resume`` and
+    ``overwrite`` say how a run was started, not what it is, and are left out."""
     path = run.path / ".hydra" / "overrides.yaml"
     items = yaml.safe_load(path.read_text()) if path.is_file() else []
-    return dict(item.split("=", 1) for item in items or [] if "=" in item)
+    pairs = (item.split("=", 1) for item in items or [] if "=" in item)
+    return {key.lstrip("+"): value for key, value in pairs if key.lstrip("+") not in ("resume", "overwrite")}
+
+
+def setting(run: RunDir, record: dict | None, key: str) -> str:
+    """What a run used for an override ``key`` it was not given: the config group's option (``model`` ->
+    ``v1_b0``) or the value in its config (``seed`` -> ``42``)."""
+    hydra_file = run.path / ".hydra" / "hydra.yaml"
+    choices = ((yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("choices", {})
+               if hydra_file.is_file() else {})
+    if key in choices:
+        return str(choices[key])
+    config_file = run.path / ".hydra" / "config.yaml"
+    node = (record or {}).get("config") or (yaml.safe_load(config_file.read_text()) if config_file.is_file() else {})
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return "" if node is None else str(node)
 
 
 def comparison(root: str | Path, split: str = "test", sort_by: str = "balanced_accuracy") -> pd.DataFrame:
-    """One row per run under ``root``: run, model, differing overrides, each metric and its interval."""
+    """One row per run under ``root``: run, model, state, differing overrides, each metric and its interval.
+    Finished runs come first, best first; unfinished and broken runs follow with their state and no numbers."""
     if sort_by not in METRICS:
         raise ValueError(f"sort_by={sort_by!r} is not a metric; use one of {', '.join(METRICS)}.")
-    runs = find_runs(root)
+    runs = run_directories(root)
+    states = [run.state() for run in runs]
+    records = [run.record() if state.name == "finished" else None for run, state in zip(runs, states, strict=True)]
     given = [overrides(r) for r in runs]
     keys = sorted({k for o in given for k in o})
     differing = [k for k in keys if len({o.get(k) for o in given}) > 1]
     rows = []
-    for run, over in zip(runs, given, strict=True):
-        record = run.record()
-        scores = record["metrics"][split]
-        row = {"run": str(run.path.relative_to(root)) if run.path != Path(root) else ".", "model": record["model"]}
-        row |= {k: over.get(k, "") for k in differing}
-        row["n_images"] = scores["overall"]["n_images"]
+    for run, state, record, over in zip(runs, states, records, given, strict=True):
+        row = {"run": str(run.path.relative_to(root)) if run.path != Path(root) else ".",
+               "model": record["model"] if record else setting(run, None, "model.name") or setting(run, None, "model"),
+               "state": str(state)}
+        row |= {k: over.get(k) or setting(run, record, k) for k in differing}
+        scores = record["metrics"][split] if record else {"overall": {}}
+        row["n_images"] = scores["overall"].get("n_images")
         for name in METRICS:
             row[name] = scores["overall"].get(name)
             low, high = scores.get("ci", {}).get("overall", {}).get(name, (None, None))
             row[f"{name}_low"], row[f"{name}_high"] = low, high
         rows.append(row)
-    frame = pd.DataFrame(rows).sort_values(sort_by, ascending=False, na_position="last", ignore_index=True)
+    frame = pd.DataFrame(rows)
+    frame["_finished"] = [s.name == "finished" for s in states]
+    frame = frame.sort_values(["_finished", sort_by], ascending=False, na_position="last", ignore_index=True)
+    frame = frame.drop(columns="_finished")
     frame.attrs["differing"] = differing
     return frame
 
 
 def to_markdown(frame: pd.DataFrame, metrics: tuple[str, ...] = SHOWN) -> str:
-    """The comparison as a markdown table: ``estimate [low, high]`` per metric."""
-    columns = ["run", "model", *frame.attrs.get("differing", []), "n_images"]
+    """The comparison as a markdown table: ``estimate [low, high]`` per metric; a ``state`` column when a
+    run is not finished, is broken, or carries a warning (e.g. degenerate splits)."""
+    show_state = bool((frame["state"] != "finished").any()) if "state" in frame else False
+    columns = ["run", "model", *(["state"] if show_state else []), *frame.attrs.get("differing", []), "n_images"]
     header = columns + list(metrics)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in frame.iterrows():
-        cells = [str(row[c]) for c in columns] + [_with_interval(row, m) for m in metrics]
+        cells = ["" if pd.isna(row[c]) else str(int(row[c]) if c == "n_images" else row[c]) for c in columns]
+        cells += [_with_interval(row, m) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -8,8 +8,10 @@ import timm
 import torch
 from timm.layers import freeze_batch_norm_2d
 
+from histo.command import UserError
 
-class ModelError(ValueError):
+
+class ModelError(UserError):
     """A model that cannot be built; the message names the config key and what to do."""
 
 
@@ -37,7 +39,11 @@ def create_backbone(
         path = Path(weights).expanduser()
         if not path.is_file():
             raise ModelError(f"model.weights={weights!r} is not a file.")
-        kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
+        try:  # tensors only: a weights file cannot run code when it is read
+            state_dict = timm.models.load_state_dict(str(path), weights_only=True)
+        except Exception as err:
+            raise ModelError(f"Could not read model.weights={weights!r}: {err}") from err
+        kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"state_dict": state_dict}}
     elif pretrained:
         kwargs = {"pretrained": True}
     try:
@@ -50,6 +56,7 @@ def create_backbone(
             "Without internet, fetch them elsewhere (e.g. the Hugging Face repo timm/"
             f"{timm_name}) and pass model.weights=<file>, or train from scratch with model.pretrained=false."
         ) from err
+    model.pretrained_cfg.pop("state_dict", None)  # do not keep a second copy of the weights alive
     freeze_leading_layers(model, frozen_layers)
     return freeze_batch_norm_2d(model) if freeze_bn else model
 

@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from histo.command import UserError
 from histo.evaluation import paper, predictions
 from histo.evaluation.paper import display_name, order_key
 from histo.evaluation.predictions import PredictionFileError
 from histo.evaluation.run_dir import RunDir
+from histo.evaluation.run_dir import warnings as run_warnings
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """Inputs or options that cannot be reported; the message names the path or key and what to do."""
 
 
@@ -39,6 +41,7 @@ class Row:
     run: Path | None = None  # the run directory (models only): training log, evaluation input
     record: dict = field(default_factory=dict, repr=False)
     members: list[Path] = field(default_factory=list)  # ensembles: the member runs that exist
+    warnings: list[str] = field(default_factory=list)  # what the tables must flag (e.g. a degenerate split)
 
     @property
     def fingerprint(self) -> str | None:
@@ -92,7 +95,8 @@ def _model_row(path: Path, split: str) -> Row:
     stain = (record.get("stain") or {}).get("method")
     return Row(display_name(model), "model", frame.sort_values("image", ignore_index=True), path,
                paper.member_key(model, stain), dict(record.get("split") or {}), record.get("task", "binary"),
-               run=path, record=record)
+               run=path, record=record,
+               warnings=[f"{display_name(model)}: {w}" for w in run_warnings(record)])
 
 
 def _ensemble_rows(path: Path, split: str) -> tuple[list[Row], list[Path]]:
@@ -115,7 +119,9 @@ def _ensemble_rows(path: Path, split: str) -> tuple[list[Row], list[Path]]:
             raise ReportError(f"Ensemble {path}, method {method}: {error}") from error
         rows.append(Row(entry.get("row", f"{document.get('name', 'ensemble')} {method}"), "ensemble",
                         frame.sort_values("image", ignore_index=True), path, entry.get("row", ""), split_info,
-                        document.get("task") or "binary", record=entry, members=members))
+                        document.get("task") or "binary", record=entry, members=members,
+                        warnings=[f"{path.name} member {name}: {w}" for name, member in document.get("members", {}).items()
+                                  for w in member.get("warnings", [])]))
     return rows, members
 
 

@@ -122,6 +122,7 @@ def run_report(
                         f"{first.split.get('strategy')}): these numbers measure within-patient interpolation.")
     if compare_to == "paper":
         warnings.append(f"Paper columns: {paper.SOURCE}. {paper.CAVEAT}")
+    warnings += list(dict.fromkeys(warning for row in rows for warning in row.warnings))
     definitions = [DEFINITIONS]
     report = Report(
         title=title or f"histo report: {_count(rows, 'model', 'model')}{_count(rows, 'ensemble', 'ensemble method', ', ')}"

@@ -1,0 +1,95 @@
+"""Resuming a killed training run: the real command, ``kill -9`` after epoch 2, ``resume=true``.
+
+Issue 13: a killed run could not be resumed (no last checkpoint; ``+ckpt_path=`` was silently ignored).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import FAST, train_config
+
+from histo import CONF_DIR
+from histo.config_check import ConfigError
+from histo.evaluation.run_dir import RunDir
+from histo.run_start import RunDirRefused
+from histo.train import train
+
+REPO = Path(CONF_DIR).parent
+ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
+pytestmark = pytest.mark.slow
+
+
+SETTINGS = ["trainer.max_epochs=4", "+trainer.limit_train_batches=3"]  # 4 epochs of 3 steps
+
+
+def command(root: Path, run_dir: Path, *overrides: str) -> list[str]:
+    """histo-train as a user types it: the fast test settings and :data:`SETTINGS`, into ``run_dir``."""
+    return [sys.executable, "-m", "histo.train", *FAST, f"data.root={root}", f"hydra.run.dir={run_dir}",
+            *SETTINGS, *overrides]
+
+
+def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600, **kwargs)
+
+
+def kill_after_epochs(args: list[str], run_dir: Path, epochs: int) -> None:
+    """Start the command and ``kill -9`` it as soon as its last checkpoint records ``epochs`` epochs."""
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=REPO)
+    last, seen = RunDir(run_dir).last_checkpoint_path, set()
+    try:
+        while process.poll() is None and len(seen) < epochs:
+            if last.is_file():
+                seen.add(last.stat().st_ino)  # each epoch end replaces the file (a new inode)
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        assert process.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+
+
+def test_a_run_killed_after_epoch_2_resumes_to_the_same_predictions_bit_for_bit(synthetic_root, tmp_path):
+    full, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    assert run(command(synthetic_root, full)).returncode == 0
+
+    kill_after_epochs(command(synthetic_root, killed), killed, epochs=2)
+    assert RunDir(killed).last_checkpoint_info()["epochs_completed"] == 2
+    assert not RunDir(killed).record_path.exists()
+    assert str(RunDir(killed).state()).startswith("interrupted: after 2 epoch(s)")
+    with pytest.raises(RunDirRefused, match="holds an unfinished run.*resume=true"):  # the command again: refused
+        train(train_config(killed, synthetic_root, *SETTINGS))
+
+    hydra_config = (killed / ".hydra" / "config.yaml").read_bytes()
+    changed = run(command(synthetic_root, killed, "resume=true", "model.drop_rate=0.5", "trainer.max_epochs=6"))
+    assert changed.returncode == 2
+    message = changed.stderr.strip().splitlines()
+    assert len(message) == 1 and "model.drop_rate (0.3 -> 0.5)" in message[0]
+    assert "trainer.max_epochs (" not in message[0]  # a limit may change
+    assert (killed / ".hydra" / "config.yaml").read_bytes() == hydra_config  # refused before Hydra wrote anything
+
+    resumed = run(command(synthetic_root, killed, "resume=true"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for split in ("val", "test"):
+        assert (killed / "predictions" / f"{split}.csv").read_bytes() == (full / "predictions" / f"{split}.csv").read_bytes()
+    record = RunDir(killed).record()
+    assert record["resumed_after_epochs"] == 2 and record["epochs"] == 4
+    assert record["checkpoint"] == RunDir(full).record()["checkpoint"]  # the same best epoch, found across the kill
+    with open(killed / "csv" / "metrics.csv", newline="") as f:  # appended to: each epoch's validation once
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows if r.get("val/acc")] == [0, 1, 2, 3]
+
+
+def test_nothing_to_resume_and_ckpt_path_are_clear_errors(synthetic_root, tmp_path):
+    with pytest.raises(RunDirRefused, match="nothing to resume"):
+        train(train_config(tmp_path / "new", synthetic_root, "resume=true"))
+    assert not (tmp_path / "new").exists()  # and no directory is left behind
+    with pytest.raises(ConfigError, match="ckpt_path is not a histo setting.*resume=true"):
+        train(train_config(tmp_path / "other", synthetic_root, "+ckpt_path=some.ckpt"))
+    with pytest.raises(ConfigError, match="resume=true and overwrite=true"):
+        train(train_config(tmp_path / "other", synthetic_root, "resume=true", "overwrite=true"))
