@@ -65,7 +65,7 @@ class LastCheckpoint(pl.Callback):
             return
         self._epochs_completed = epochs_completed
         tmp = self.path.with_name(f"{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # the whole state: optimizer, loops, callbacks
         if trainer.is_global_zero:
             os.replace(tmp, self.path)  # a kill while saving leaves the previous last.ckpt intact
 

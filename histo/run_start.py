@@ -5,8 +5,8 @@
   first) or ``resume=true`` (nothing left to do: the finished run's record is returned).
 - Holding an unfinished run's outputs: refused, unless ``resume=true`` (continue from
   ``checkpoints/last.ckpt``) or ``overwrite=true``.
-- ``resume=true`` with nothing to resume (no last checkpoint): refused. In a multirun such a job
-  starts afresh instead, so that rerunning a killed sweep with ``resume=true`` completes it.
+- ``resume=true`` with nothing to resume (no last checkpoint): refused. In a multirun such a job is
+  trained anew instead, so that rerunning a killed sweep with ``resume=true`` completes it.
 
 Only a run's own outputs (:data:`RUN_OUTPUTS`) count and are ever deleted; other files in the
 directory are left alone. The run holds the directory's lock while it writes. If the command fails
@@ -83,8 +83,8 @@ def decide(run: RunDir, resume: bool, overwrite: bool, multirun: bool = False, l
     if resume:
         if run.last_checkpoint_path.is_file():
             return "resume"
-        if multirun and not present:
-            return "fresh"
+        if multirun:  # a job of a killed sweep that never finished an epoch: train it (anew)
+            return "overwrite" if present else "fresh"
         raise RunDirRefused(f"resume=true: nothing to resume in {run.path}: it has no "
                             f"{run.last_checkpoint_path.relative_to(run.path)}"
                             f"{' (its outputs: ' + ', '.join(present) + ')' if present else ''}. Give the interrupted "
@@ -108,7 +108,7 @@ def claim(run: RunDir, resume: bool = False, overwrite: bool = False):
         with run_lock.RunLock(run.path):
             mode = decide(run, resume, overwrite, _multirun(), locked=True)
             if mode == "overwrite":
-                log.warning("overwrite=true: deleting the outputs of the run in %s (%s).", run.path,
+                log.warning("Deleting the outputs of the run in %s (%s) to train it anew.", run.path,
                             ", ".join(outputs(run)))
                 _remove_outputs(run)
                 mode = "fresh"

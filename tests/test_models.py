@@ -126,3 +126,22 @@ def test_frozen_layers_reproduce_the_papers_trainable_counts(timm_name, frozen, 
     assert trainable == paper_trainable
     with pytest.raises(ModelError, match="model.frozen_layers"):
         create_backbone("tf_efficientnet_b0", 2, frozen_layers=10_000)
+
+
+class _Payload:
+    """A pickle that runs code when it is loaded without ``weights_only=True``."""
+
+    def __reduce__(self):
+        return (print, ("a weights file ran code",))
+
+
+def test_weights_and_checkpoints_are_loaded_as_tensors_only(trained_runs, tmp_path):
+    torch.save({"conv_stem.weight": _Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ModelError, match="Could not read model.weights=.*evil.pth"):
+        create_backbone("tf_efficientnet_b0", 2, weights=str(tmp_path / "evil.pth"))
+    run = RunDir(trained_runs[0])
+    checkpoint = torch.load(run.best_checkpoint(), weights_only=True)  # a run's own checkpoints need nothing more
+    torch.load(run.last_checkpoint_path, weights_only=True)
+    torch.save({**checkpoint, "extra": _Payload()}, tmp_path / "evil.ckpt")
+    with pytest.raises(Exception, match="weights_only"):
+        load_classifier(tmp_path / "evil.ckpt")

@@ -57,6 +57,16 @@ def test_histo_compare_refuses_a_directory_without_runs(tmp_path, capsys):
     assert "No training run under" in capsys.readouterr().err
 
 
+def test_a_sweep_over_finished_runs_is_refused_and_resume_true_keeps_them(seed_sweep, synthetic_root):
+    out, runs = seed_sweep
+    records = [RunDir(r).record_path.read_bytes() for r in runs]
+    again = subprocess.run([sys.executable, "-m", "histo.train", "-m", *TINY, f"data.root={synthetic_root}",
+                            f"hydra.sweep.dir={out}", "seed=1,2"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "already holds finished runs (0_v1_b0, 1_v1_b0)" in again.stderr
+    assert sweep(synthetic_root, out, "seed=1,2", "resume=true") == runs  # completes the sweep: nothing to do
+    assert [RunDir(r).record_path.read_bytes() for r in runs] == records
+
+
 def test_submitit_local_launcher_runs_a_two_job_sweep(synthetic_root, tmp_path):
     """The SLURM plugin's local launcher: the same job-array code path, on this machine."""
     runs = sweep(synthetic_root, tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
