@@ -79,7 +79,10 @@ def _check_data(checks: _Checks) -> None:
     checks.integer("data.batch_size", 1)
     checks.integer("data.num_workers", 0, none=True)
     checks.choice("data.task", TASKS)
-    checks.choice("data.magnification", ("all", *MAGNIFICATIONS, *map(str, MAGNIFICATIONS)))
+    magnification = checks.value("data.magnification")
+    if magnification is not _ABSENT and str(magnification).lower().rstrip("x") not in ("all", *map(str, MAGNIFICATIONS)):
+        checks.problems.append(f"data.magnification={magnification}: must be one of all, "
+                               f"{', '.join(map(str, MAGNIFICATIONS))}")
     checks.choice("data.patient_key", PATIENT_KEYS)
     checks.choice("data.interpolation", tuple(INTERPOLATIONS))
     checks.choice("data.cache", CACHE_MODES)

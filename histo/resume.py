@@ -51,10 +51,13 @@ class LastCheckpoint(pl.Callback):
         self.split_fingerprint: str | None = None
         self.every_n_steps = every_n_steps
         self._epochs_completed = 0
+        self._saved_step = 0
         self._restore: dict | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+        step = trainer.global_step  # optimizer steps: with gradient accumulation several batches share one
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._saved_step:
+            self._saved_step = step
             self._save(trainer, trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

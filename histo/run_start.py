@@ -38,7 +38,8 @@ from histo.resume import resume_from
 
 log = logging.getLogger(__name__)
 
-# What a training run writes into its directory (Hydra's .hydra/ and log, and run.lock, are not outputs).
+# What a training run writes into its directory (Hydra's .hydra/ and log, and run.lock, are not outputs);
+# run.json first: deleting them in this order, the directory stops being a finished run at once.
 RUN_OUTPUTS = ("run.json", "split.csv", "stain_target.json", "predictions", "features", "checkpoints", "csv",
                "tensorboard", "wandb")
 
@@ -167,7 +168,7 @@ def _multirun() -> bool:
 
 
 def _remove_outputs(run: RunDir) -> None:
-    for name in ("run.json", *RUN_OUTPUTS):  # run.json first: the directory stops being a finished run at once
+    for name in RUN_OUTPUTS:
         path = run.path / name
         if path.is_dir():
             shutil.rmtree(path)

@@ -7,24 +7,27 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from helpers import FAST, train_config
 
 from histo import CONF_DIR
 from histo.config_check import ConfigError
 from histo.evaluation.run_dir import RunDir
+from histo.resume import LastCheckpoint, _rng_states, _set_rng_states, changed_settings
 from histo.run_start import RunDirRefused
 from histo.train import train
 
 REPO = Path(CONF_DIR).parent
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
-pytestmark = pytest.mark.slow
 
 
 SETTINGS = ["trainer.max_epochs=4", "+trainer.limit_train_batches=3"]  # 4 epochs of 3 steps
@@ -54,6 +57,7 @@ def kill_after_epochs(args: list[str], run_dir: Path, epochs: int) -> None:
         assert process.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_epoch_2_resumes_to_the_same_predictions_bit_for_bit(synthetic_root, tmp_path):
     full, killed = tmp_path / "uninterrupted", tmp_path / "killed"
     assert run(command(synthetic_root, full)).returncode == 0
@@ -93,3 +97,43 @@ def test_nothing_to_resume_and_ckpt_path_are_clear_errors(synthetic_root, tmp_pa
         train(train_config(tmp_path / "other", synthetic_root, "+ckpt_path=some.ckpt"))
     with pytest.raises(ConfigError, match="resume=true and overwrite=true"):
         train(train_config(tmp_path / "other", synthetic_root, "resume=true", "overwrite=true"))
+
+
+class _Trainer:
+    """What LastCheckpoint reads of a trainer; ``save_checkpoint`` records the saves."""
+
+    sanity_checking = fast_dev_run = False
+    is_global_zero = True
+
+    def __init__(self):
+        self.global_step, self.current_epoch, self.saved = 0, 0, []
+
+    def save_checkpoint(self, path, weights_only=False):
+        Path(path).write_bytes(b"checkpoint")
+        self.saved.append((self.global_step, self.current_epoch))
+
+
+def test_last_checkpoint_every_n_steps_and_at_each_epoch_end(tmp_path):
+    callback, trainer = LastCheckpoint(tmp_path, config={}, every_n_steps=2), _Trainer()
+    for step in (1, 2, 2, 3, 4):  # step 2 twice: gradient accumulation, two batches for one optimizer step
+        trainer.global_step = step
+        callback.on_train_batch_end(trainer, None, None, None, 0)
+    assert trainer.saved == [(2, 0), (4, 0)] and callback._epochs_completed == 0  # mid-epoch: epoch 0 not done
+    callback.on_train_epoch_end(trainer, None)
+    assert trainer.saved[-1] == (4, 0) and callback._epochs_completed == 1
+    assert (tmp_path / "last.ckpt").is_file() and not (tmp_path / "last.ckpt.tmp").exists()
+
+
+def test_the_random_generators_are_saved_and_restored():
+    states = _rng_states()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    _set_rng_states(states)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
+
+
+def test_only_the_trainers_limits_may_change():
+    old = {"seed": 1, "trainer": {"max_epochs": 4, "precision": "32-true"}, "resume": False}
+    assert changed_settings(old, {"seed": 1, "trainer": {"max_epochs": 9, "precision": "32-true"}, "resume": True}) == []
+    assert changed_settings(old, {"seed": 2, "trainer": {"max_epochs": 4, "precision": "bf16-mixed"}}) == [
+        ("seed", 1, 2), ("trainer.precision", "32-true", "bf16-mixed")]

@@ -108,7 +108,7 @@ class RunDir:
         if expected is None:
             return
         if not path.is_file():
-            raise PredictionFileError(f"{path} is missing; run.json of {self.path} records it with "
+            raise PredictionFileError(f"{path} does not exist, but run.json of {self.path} records it with "
                                       f"{expected['rows']} rows. Restore it, or train the run again.")
         actual = file_digest(path)
         if actual["rows"] != expected["rows"]:

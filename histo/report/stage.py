@@ -13,6 +13,8 @@ import logging
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from histo.data.breakhis import SUBTYPES
 from histo.evaluation import bootstrap, metrics, paper, predictions
 from histo.evaluation.json_file import write_json
@@ -154,7 +156,10 @@ def _count(rows, kind: str, noun: str, prefix: str = "") -> str:
 
 
 def _curves(row):
-    frame = plots.read_curves(row.curves_path)
+    try:
+        frame = plots.read_curves(row.curves_path)
+    except (pd.errors.ParserError, ValueError) as error:  # e.g. two runs once wrote into one log
+        raise ReportError(f"{row.curves_path}, the training log of {row.source}, cannot be read: {error}") from error
     return frame, (plots.best_epoch(row.record, frame) if frame is not None else None)
 
 
