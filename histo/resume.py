@@ -43,12 +43,13 @@ class ResumeError(UserError):
 
 class LastCheckpoint(pl.Callback):
     """Write ``<dirpath>/last.ckpt`` at every epoch end (and every ``every_n_steps`` training steps) with
-    the run's ``config`` and, once set, ``split_fingerprint``; restore the random generators it holds."""
+    the run's ``config`` and ``split_fingerprint``; restore the random generators it holds."""
 
-    def __init__(self, dirpath: str | Path, config: dict, every_n_steps: int | None = None):
+    def __init__(self, dirpath: str | Path, config: dict, split_fingerprint: str | None = None,
+                 every_n_steps: int | None = None):
         self.path = Path(dirpath) / "last.ckpt"
         self.config = config
-        self.split_fingerprint: str | None = None
+        self.split_fingerprint = split_fingerprint
         self.every_n_steps = every_n_steps
         self._epochs_completed = 0
         self._saved_step = 0

@@ -105,8 +105,8 @@ def _train(cfg: DictConfig, run: RunDir, claimed: run_start.Claim, started: floa
         stain=stain,
         cache=cache,
     )
-    last = resume.LastCheckpoint(run.path / "checkpoints", config, cfg.last_checkpoint_every_n_steps)
-    last.split_fingerprint = data.split.fingerprint
+    last = resume.LastCheckpoint(run.path / "checkpoints", config, data.split.fingerprint,
+                                 cfg.last_checkpoint_every_n_steps)
     writer = PredictionWriter(run.path)
     callbacks = [last, *(instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None), writer]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]

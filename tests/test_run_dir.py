@@ -187,7 +187,8 @@ def test_a_degenerate_run_is_flagged_in_every_table(runs, tmp_path):
 
 def test_a_training_log_two_writers_mixed_is_named_by_the_report(runs, tmp_path):
     log = runs[0] / "csv" / "metrics.csv"
-    header = log.read_text().splitlines()[0]
-    log.write_text(f"{','.join(header.split(',')[:10])}\n{header.count(',') * '1,'}1\n")  # 10 fields over 18
+    header = log.read_text().splitlines()[0].split(",")
+    short, wide = ",".join(["1"] * 10), ",".join(["1"] * len(header))
+    log.write_text(f"{','.join(header[:10])}\n{short}\n{wide}\n")  # a 10-field header over wider rows
     with pytest.raises(ReportError, match=f"{log}, the training log of {runs[0]}, cannot be read: .*Expected 10 fields"):
         run_report([runs[0]], tmp_path / "report", resamples=0, gallery_max=0)
