@@ -202,7 +202,7 @@ def test_the_same_seed_gives_the_same_model_whether_the_cache_is_built_or_found(
     """Issue 13: building the cache drew from torch's global generator after seeding, so the run that built
     it and the run that found it trained different models."""
     caplog.set_level(logging.INFO, logger="histo.data.cache")
-    overrides = ["data.cache=auto", f"data.cache_dir={tmp_path / 'cache'}", "debug=limit", "trainer.max_epochs=2"]
+    overrides = ["data.cache=auto", f"data.cache_dir={tmp_path / 'cache'}", "debug=limit", "trainer.max_epochs=1"]
     built = train(train_config(tmp_path / "built", root, *overrides))
     assert "building it" in caplog.text
     found = train(train_config(tmp_path / "found", root, *overrides))

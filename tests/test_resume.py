@@ -30,7 +30,7 @@ REPO = Path(CONF_DIR).parent
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
 
 
-SETTINGS = ["trainer.max_epochs=4", "+trainer.limit_train_batches=3"]  # 4 epochs of 3 steps
+SETTINGS = ["trainer.max_epochs=4", "+trainer.limit_train_batches=2"]  # 4 epochs of 2 steps
 
 
 def command(root: Path, run_dir: Path, *overrides: str) -> list[str]:

@@ -46,7 +46,7 @@ def copy_run(run: Path, to: Path) -> Path:
 def test_two_trainings_into_one_directory_one_is_refused_the_other_intact(synthetic_root, tmp_path):
     run_dir, go = tmp_path / "run", tmp_path / "go"
     args = [sys.executable, "-m", "histo.train", *FAST, f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}",
-            "debug=limit", "trainer.max_epochs=2"]
+            "debug=limit", "trainer.max_epochs=1"]
     first = subprocess.Popen([*args, "+callbacks.wait._target_=helpers.WaitForFile", f"+callbacks.wait.path={go}"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO)
     try:
@@ -67,7 +67,7 @@ def test_two_trainings_into_one_directory_one_is_refused_the_other_intact(synthe
     run = RunDir(run_dir)
     assert run.state().name == "finished" and not (run_dir / "run.lock").exists()
     metrics = pd.read_csv(run_dir / "csv" / "metrics.csv")  # one header, every row of its width
-    assert sorted(metrics.dropna(subset=["val/acc"])["epoch"]) == [0, 1]
+    assert list(metrics.dropna(subset=["val/acc"])["epoch"]) == [0]
     assert "+callbacks.wait.path" in " ".join(yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()))
 
 
