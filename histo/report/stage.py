@@ -13,8 +13,8 @@ import logging
 import time
 from pathlib import Path
 
-from tqdm import tqdm
 import pandas as pd
+from tqdm import tqdm
 
 from histo.data.breakhis import SUBTYPES
 from histo.evaluation import bootstrap, metrics, paper, predictions
