@@ -76,7 +76,7 @@ def epoch_offsets(n_runs: int, epochs: int) -> np.ndarray:
     epochs (else one run's single point hides the others'), none for longer runs.
 
     >>> epoch_offsets(3, 1).round(2).tolist(), epoch_offsets(3, 40).tolist(), epoch_offsets(1, 1).tolist()
-    ([-0.2, 0.0, 0.2], [0.0, 0.0, 0.0], [0.0])
+    ([-0.15, 0.0, 0.15], [0.0, 0.0, 0.0], [0.0])
     """
     if epochs > DODGE_UP_TO or n_runs == 1:
         return np.zeros(n_runs)
