@@ -471,11 +471,14 @@ def part_stain(ctx: Context, budget: Budget) -> Section:
             if not budget.fits(60 if method == "vahadane" else 20):  # its fit compiles and learns a dictionary
                 rows.append(("torch-staintools", method, None))
                 continue
-            fit_s, peer = timed(ctx.device, None, torch_staintools_normalizer, method, target, ctx.device, compile,
-                                True)
-            measure("torch-staintools", method,
-                    lambda b, p=peer: p(tensors[tuple(b)], [f"call{next(calls)}" for _ in b]),  # new keys: no cache
-                    lambda b, p=peer: p(tensors[tuple(b)], [f"image{i}" for i in b]), again=True, fit_s=fit_s)
+            try:  # another library, compiled on the fly: its failure must not hide histo's rows
+                fit_s, peer = timed(ctx.device, None, torch_staintools_normalizer, method, target, ctx.device,
+                                    compile, True)
+                measure("torch-staintools", method,
+                        lambda b, p=peer: p(tensors[tuple(b)], [f"call{next(calls)}" for _ in b]),  # new keys
+                        lambda b, p=peer: p(tensors[tuple(b)], [f"image{i}" for i in b]), again=True, fit_s=fit_s)
+            except Exception as err:
+                rows.append(("torch-staintools", method, {"failed": f"{type(err).__name__}: {err}"[:300]}))
     lines = [f"Batches of {s.stain_batch} images of {shape[1]}x{shape[0]} (synthetic H&E), already on the device; "
              f"{len(batches)} timed batch(es) after a first call. torch-staintools with its recommended settings "
              f"(stain_peers.py), torch.compile {'on' if compile else 'off'}; its fit (on the target image) compiles "
@@ -484,8 +487,8 @@ def part_stain(ctx: Context, budget: Budget) -> Section:
              "| library | method | fit, s | first call, s | images/s | images/s, stain matrices cached |",
              "|---|---|---|---|---|---|"]
     for library, method, r in rows:
-        if r is None:
-            lines.append(f"| {library} | {method} | not measured (budget) | | | |")
+        if r is None or "failed" in r:
+            lines.append(f"| {library} | {method} | {'FAILED: ' + r['failed'] if r else 'not measured (budget)'} | | | |")
             continue
         cached = f"{r['cached_rate']:,.1f}" if "cached_rate" in r else ""
         fit = f"{r['fit_s']:.2f}" if r["fit_s"] is not None else ""
@@ -553,12 +556,16 @@ def compile_child(results_file: Path, device: str, precision: str, settings: Set
         size = model_size(s, name)
         loader = ctx.in_memory(size, s.warmup + s.steps)
         for compiled in (False, True):
-            model = classifier(conf("model", name), size, compile=compiled)
-            clock = fit_steps(model, loader, device, precision, s.warmup, s.steps)
-            line = {"model": name, "compile": compiled, "rate": clock.rate, "warmup_s": clock.warmup_seconds}
+            line = {"model": name, "compile": compiled}
+            try:
+                model = classifier(conf("model", name), size, compile=compiled)
+                clock = fit_steps(model, loader, device, precision, s.warmup, s.steps)
+                line.update(rate=clock.rate, warmup_s=clock.warmup_seconds)
+            except Exception as err:  # a model that does not compile must not hide the next one
+                line["failed"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
             with open(results_file, "a") as out:
                 out.write(json.dumps(line) + "\n")
-            del model
+            model = None
             free_memory()
 
 
@@ -803,6 +810,7 @@ def main() -> int:
             report(progress["done"], progress["running"])
             if ctx.child is not None:
                 stop(ctx.child)
+            shutil.rmtree(tmp, ignore_errors=True)  # os._exit skips the with-block's clean-up
             print(f"[gpu_check] stopped at the {args.budget_s:.0f} s limit; what was measured is in {args.out}",
                   file=sys.stderr, flush=True)
             os._exit(3)

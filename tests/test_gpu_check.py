@@ -105,3 +105,23 @@ def test_watchdog_fires_at_its_deadline_unless_the_check_ends_first():
         pass
     time.sleep(0.8)
     assert not never.is_set()
+
+
+def test_gpu_utilisation_falls_back_to_nvidia_smi_and_is_sampled(tmp_path, monkeypatch):
+    """Without NVML in torch, the GPU's utilisation comes from nvidia-smi, asked for the GPU that
+    CUDA_VISIBLE_DEVICES maps torch's index to."""
+    gpu_check = gpu_check_module()
+    calls = tmp_path / "calls"
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\necho 87\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    query, source = gpu_check.utilisation_query(torch.device("cuda", 1))
+    assert source.startswith("nvidia-smi") and query() == 87.0
+    assert "--query-gpu=utilization.gpu --format=csv,noheader,nounits -i 5" in calls.read_text()
+    with gpu_check.Utilisation(query, period=0.01) as sampled:
+        time.sleep(0.3)
+    assert sampled.samples and sampled.mean(0.0, time.perf_counter()) == 87.0
+    assert sampled.mean(time.perf_counter(), time.perf_counter() + 1) is None  # no sample in that window
+    assert gpu_check.utilisation_query(torch.device("cpu"))[0] is None
