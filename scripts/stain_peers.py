@@ -1,14 +1,15 @@
 """histo.stain and torch-staintools behind one call, and its timing: what bench_stain.py and gpu_check.py share.
 
 Each ``*_normalizer(method, target, ...)`` fits once on ``target`` (uint8 (H, W, 3)) and returns a
-function from a uint8 (N, 3, H, W) batch on a device to the normalized uint8 batch on that device.
+function from a uint8 (N, 3, H, W) batch on a device to the normalized uint8 batch on that device;
+:func:`timed` times one call (a GPU synchronised) and :func:`race` lets several libraries take turns.
 
 torch-staintools (``pip install torch-staintools``, in the ``bench`` extra) runs with the settings its
 README and ``NormalizerBuilder.build`` recommend: concentrations by ``qr`` (least squares; its builder's
 default and its README's example), Vahadane's dictionary learned by 60 FISTA steps of 50 iterations on
-every tissue pixel, luminosity threshold 0.8, inputs as float in [0, 1], batched (one call for a whole
-batch: its "vectorized" path), outputs back to uint8 with torchvision's ``convert_image_dtype`` as its
-demo does. ``compile`` is its ``CONFIG.ENABLE_COMPILE`` (torch.compile of its solvers, on by default):
+every pixel (background zeroed), luminosity threshold 0.8, inputs as float in [0, 1], batched (one call
+for a whole batch: its "vectorized" path), outputs back to uint8 with torchvision's
+``convert_image_dtype`` as its demo does. ``compile`` is its ``CONFIG.ENABLE_COMPILE`` (torch.compile of its solvers, on by default):
 on for a GPU as its benchmarks run it, off on a CPU, where compiling took over 7 minutes per shape on 2
 cores and the compiled code was no faster (issue 17's note). ``cache=True`` turns on its stain-matrix
 cache with the images' names as keys: a second pass over the same images (every epoch after the first,
