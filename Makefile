@@ -12,7 +12,7 @@ OUT ?=
 PAPER := $(BIN)/python scripts/paper.py
 PAPER_ARGS = $(if $(DATA),--data $(DATA)) --gpus $(GPUS) $(if $(PRECISION),--precision $(PRECISION)) $(if $(OUT),--out $(OUT))
 
-.PHONY: install demo test lint clean help paper paper-patient paper-stain paper-smoke
+.PHONY: install demo app test lint clean help paper paper-patient paper-stain paper-smoke
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,6 +26,16 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install  ## train V1-B0 for a few epochs on the built-in synthetic dataset (CPU, minutes)
 	$(BIN)/histo-train experiment=demo
+
+# The newest finished demo run (outputs/demo/runs/<time>/run.json), if any.
+DEMO_RUN = $(shell ls -d outputs/demo/runs/*/run.json 2>/dev/null | sort | tail -n 1 | xargs -r dirname)
+APP_PORT ?= 7860
+
+app: install  ## the interactive page on the demo run (trains it first if missing); prints the URL
+	@run="$(DEMO_RUN)"; if [ -z "$$run" ]; then $(MAKE) demo && run=$$(ls -d outputs/demo/runs/*/run.json | sort | tail -n 1 | xargs dirname); fi; \
+	examples=$$($(BIN)/python -c "import json,sys; print(json.load(open(sys.argv[1]))['data']['root'])" "$$run/run.json"); \
+	echo "histo-app on the demo run $$run: open http://127.0.0.1:$(APP_PORT) (Ctrl+C stops it)"; \
+	$(BIN)/histo-app runs="[$$run]" examples="$$examples" server.port=$(APP_PORT)
 
 test: install  ## run the test suite
 	$(BIN)/python -m pytest

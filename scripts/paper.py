@@ -75,7 +75,7 @@ def ensembles_and_report(sweep: Path, out: Path, extra: list[str]) -> Path:
     dirs = []
     for name in ENSEMBLES:
         dirs.append(out / "ensembles" / name)
-        histo("ensemble", f"ensemble={name}", f"sweep_dir={sweep}", f"out={dirs[-1]}", f"methods={METHODS}",
+        histo("ensemble", f"members={name}", f"sweep_dir={sweep}", f"out={dirs[-1]}", f"methods={METHODS}",
               "compare_to=paper", *extra)
     report = out / "report"
     histo("report", f"runs=[{','.join(map(str, dirs))}]", f"out={report}", "compare_to=paper", *extra)

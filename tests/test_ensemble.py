@@ -265,12 +265,12 @@ def test_sweep_dir_selection_through_configs(trained_runs, tmp_path):
     (sweep / "2_v1_b1").mkdir()  # an unfinished job
     out = tmp_path / "out"
 
-    cfg = _compose("ensemble=v1", f"sweep_dir={sweep}", "bootstrap.resamples=0")
+    cfg = _compose("members=v1", f"sweep_dir={sweep}", "bootstrap.resamples=0")
     assert cfg.name == "v1" and list(cfg.models) == ["v1_b0", "v1_b1", "v1_b2", "v1_b3", "v1_b4"]
     with pytest.raises(EnsembleError, match=f"{sweep} has no finished run of v1_b1, v1_b2.*without run.json: 2_v1_b1"):
         ensemble(cfg, str(out))
 
-    cfg = _compose("ensemble=all", f"sweep_dir={sweep}", "models=[v2_b0,v1_b0]", "methods=[soft,hard]",
+    cfg = _compose("members=all", f"sweep_dir={sweep}", "models=[v2_b0,v1_b0]", "methods=[soft,hard]",
                    "bootstrap.resamples=0", "compare_to=paper")
     doc = ensemble(cfg, str(out))
     assert list(doc["members"]) == ["v2_b0", "v1_b0"]

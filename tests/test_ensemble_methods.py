@@ -75,7 +75,7 @@ def test_stack_trusts_the_informative_member():
     labels = rng.integers(0, 2, 300)
     x = stacking.stack_features(_informative_logits(rng, labels))
     model = stacking.fit(x, labels, c=1.0)
-    assert model.coef_[0, 0] > 0.5 and abs(model.coef_[0, 1]) < 0.2
+    assert model["coef"][0][0] > 0.5 and abs(model["coef"][0][1]) < 0.2
     probs = stacking.predict(model, x, 2)
     assert (probs.argmax(axis=1) == labels).mean() > 0.9
 

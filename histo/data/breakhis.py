@@ -63,6 +63,10 @@ class ParsedName:
         digits = re.match(r"\d*", slide).group(0)
         return f"{year}-{digits}" if digits else self.slide
 
+    def class_name(self, task: str) -> str:
+        """The image's class for ``task``: ``benign``/``malignant``, or the subtype's name."""
+        return self.tumor if task == "binary" else SUBTYPES[self.subtype][1]
+
 
 def parse_name(name: str) -> ParsedName | None:
     """Parse a BreaKHis file name; ``None`` when it does not follow the grammar.
@@ -80,6 +84,15 @@ def parse_name(name: str) -> ParsedName | None:
     if SUBTYPES[code][0] != tumor:
         return None
     return ParsedName(tumor, code, f"{m['year']}-{m['slide'].upper()}", int(m["magnification"]), int(m["seq"]))
+
+
+def parse_any_name(name: str) -> ParsedName | None:
+    """:func:`parse_name` for a file of any image format (a BreaKHis image saved as JPEG or TIFF keeps its labels).
+
+    >>> parse_any_name("some/dir/SOB_M_DC-14-2523-400-010.jpg").subtype
+    'DC'
+    """
+    return parse_name(Path(name).stem + ".png")
 
 
 def class_names(task: str) -> tuple[str, ...]:

@@ -5,23 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import albumentations as A
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from histo.data.breakhis import DataError
+from histo.data.image_file import read_rgb
 
-cv2.setNumThreads(1)  # one thread per loader worker; more only oversubscribes the cores
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to RGB uint8 (H, W, 3); a clear error naming the file if it cannot be read."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError(f"Cannot read image {path} (missing, truncated or not an image). Replace or remove it.")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+__all__ = ["ImageDataset", "read_rgb"]
 
 
 class ImageDataset(Dataset):

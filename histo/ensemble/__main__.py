@@ -1,6 +1,6 @@
 """Combine finished runs: ``python -m histo.ensemble runs='[<run>,<run>]' [methods=...] [out=<dir>]`` (``histo-ensemble``).
 
-Or pick the members by model name from a multirun directory: ``ensemble=v1|v2|all sweep_dir=<dir>``.
+Or pick the members by model name from a multirun directory: ``members=v1|v2|all sweep_dir=<dir>``.
 See conf/ensemble.yaml for every option and :mod:`histo.ensemble.stage` for what is written.
 """
 
@@ -28,7 +28,7 @@ def ensemble(cfg: DictConfig, out: str) -> dict:
             raise EnsembleError(f"models={list(cfg.models)} picks runs from a multirun directory: set sweep_dir=<dir>.")
         runs += [str(p) for p in runs_of_models(cfg.sweep_dir, _as_list(cfg.models))]
     elif cfg.sweep_dir:
-        raise EnsembleError("sweep_dir is set but no models to pick from it: add ensemble=v1|v2|all or models='[...]'.")
+        raise EnsembleError("sweep_dir is set but no models to pick from it: add members=v1|v2|all or models='[...]'.")
     settings = OmegaConf.to_container(cfg.settings, resolve=True) if cfg.get("settings") else {}
     return run_ensemble(
         runs, out, methods=_as_list(cfg.methods), name=cfg.name, calibrate=cfg.calibrate, compare_to=cfg.compare_to,

@@ -45,6 +45,19 @@ class FittedMLP:
             x = torch.as_tensor((features - self.mean) / self.std, dtype=torch.float32)
             return torch.softmax(self.net(x), dim=1).double().numpy()
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The fitted network and standardisation as named tensors (saved as safetensors, never pickled)."""
+        state = {f"net.{k}": v.detach().clone().contiguous() for k, v in self.net.state_dict().items()}
+        return {**state, "mean": torch.from_numpy(np.array(self.mean)), "std": torch.from_numpy(np.array(self.std))}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], hidden, dropout: float, n_classes: int) -> FittedMLP:
+        """The network :meth:`tensors` saved, rebuilt for prediction."""
+        mean, std = tensors["mean"].numpy(), tensors["std"].numpy()
+        net = mlp(len(mean), n_classes, tuple(hidden), dropout)
+        net.load_state_dict({k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")})
+        return cls(net.eval(), mean, std, best_epoch=-1, epochs=-1, holdout_log_loss=float("nan"))
+
 
 def mlp(n_inputs: int, n_classes: int, hidden=(128, 32), dropout: float = 0.2) -> nn.Sequential:
     """Linear -> BatchNorm -> ReLU -> Dropout per hidden layer, then a linear output layer."""

@@ -110,7 +110,7 @@ def load_members(paths) -> Members:
         raise EnsembleError(
             f"An ensemble needs at least two runs; got {len(paths)}"
             f"{': ' + ', '.join(map(str, paths)) if paths else ''}. List them with runs='[<run dir>,<run dir>]' "
-            "or pick them from a multirun with ensemble=v1|v2|all sweep_dir=<dir>."
+            "or pick them from a multirun with members=v1|v2|all sweep_dir=<dir>."
         )
     seen: dict[Path, Path] = {}
     for path in paths:

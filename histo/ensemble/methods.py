@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,13 +51,16 @@ VAL_USED = {  # which val predictions a method reports (and a temperature is fit
 
 @dataclass(frozen=True)
 class Combination:
-    """One method's output: test probabilities, and val probabilities of images it was not fitted on."""
+    """One method's output: test probabilities, val probabilities of images it was not fitted on, and the
+    fitted parameters that :mod:`histo.ensemble.fitted` saves so that new images get the same combination."""
 
     method: str
     test: np.ndarray  # (test images, classes)
     val: np.ndarray  # (len(val_rows), classes): out-of-fold for fitted methods, the hold-out for feature_stack
     val_rows: np.ndarray  # rows of the val prediction file that ``val`` covers
     details: dict  # JSON-ready: weights, choices, folds
+    params: dict = field(default_factory=dict)  # JSON-ready: what applying the fit needs (histo.ensemble.fitted)
+    tensors: dict = field(default_factory=dict)  # name -> torch tensor (feature_stack's network), saved as safetensors
 
     def test_logits(self) -> np.ndarray:
         """Log-probabilities, written as the logits of the method's prediction file (softmax gives ``test`` back)."""
@@ -120,7 +123,8 @@ def _weighted(members: Members, folds: Folds, seed) -> Combination:
         "val_log_loss_out_of_fold": calibration.log_loss(labels, oof),
         **folds.describe(),
     }
-    return Combination("weighted", weighted.mix(test, weights), oof, np.arange(len(labels)), details)
+    return Combination("weighted", weighted.mix(test, weights), oof, np.arange(len(labels)), details,
+                       {"weights": weights.tolist()})
 
 
 def _stack(members: Members, folds: Folds, seed, Cs=(0.01, 0.1, 1.0, 10.0, 100.0)) -> Combination:
@@ -138,17 +142,17 @@ def _stack(members: Members, folds: Folds, seed, Cs=(0.01, 0.1, 1.0, 10.0, 100.0
     losses = {c: calibration.log_loss(labels, oof) for c, oof in candidates.items()}
     best_c = min(losses, key=lambda c: (losses[c], c))  # ties: the stronger regularisation
     model = stacking.fit(x_val, labels, best_c)
-    coef = model.coef_.tolist()
+    coef = model["coef"]
     details = {
         "C": best_c,
         "val_log_loss_out_of_fold_by_C": {str(c): v for c, v in losses.items()},
         "inputs": "per-member log-odds" if n_classes == 2 else "per-member centred logits",
         "coefficients": _by_member(members, np.asarray(coef[0])) if n_classes == 2 else coef,
-        "intercept": model.intercept_.tolist(),
+        "intercept": model["intercept"],
         **folds.describe(),
     }
     return Combination("stack", stacking.predict(model, x_test, n_classes), candidates[best_c], np.arange(len(labels)),
-                       details)
+                       details, {"C": best_c, **model})
 
 
 def _greedy(members: Members, folds: Folds, seed, rounds: int = 25) -> Combination:
@@ -167,12 +171,14 @@ def _greedy(members: Members, folds: Folds, seed, rounds: int = 25) -> Combinati
         "val_log_loss_out_of_fold": calibration.log_loss(labels, oof),
         **folds.describe(),
     }
-    return Combination("greedy", weighted.mix(test, counts / counts.sum()), oof, np.arange(len(labels)), details)
+    return Combination("greedy", weighted.mix(test, counts / counts.sum()), oof, np.arange(len(labels)), details,
+                       {"weights": (counts / counts.sum()).tolist(), "picks": counts.tolist()})
 
 
 def _feature_stack(members: Members, folds: Folds, seed, **settings) -> Combination:
     options = feature_stack.Settings(**{k: tuple(v) if k == "hidden" else v for k, v in settings.items()})
-    x_val = np.concatenate([m.features("val") for m in members], axis=1)
+    val_parts = [m.features("val") for m in members]
+    x_val = np.concatenate(val_parts, axis=1)
     x_test = np.concatenate([m.features("test") for m in members], axis=1)
     labels, n_classes = members.labels("val"), len(members.class_names)
     fit_rows, holdout = folds.splits[0]
@@ -189,7 +195,10 @@ def _feature_stack(members: Members, folds: Folds, seed, **settings) -> Combinat
         "holdout": f"fold 1 of: {folds.note}",
         "grouping": folds.grouping,
     }
-    return Combination("feature_stack", model.predict(x_test), model.predict(x_val[holdout]), holdout, details)
+    params = {"feature_sizes": [part.shape[1] for part in val_parts], "hidden": list(options.hidden),
+              "dropout": options.dropout, "n_classes": n_classes}
+    return Combination("feature_stack", model.predict(x_test), model.predict(x_val[holdout]), holdout, details,
+                       params, model.tensors())
 
 
 def _by_member(members: Members, values: np.ndarray) -> dict[str, float]:

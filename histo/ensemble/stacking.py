@@ -9,6 +9,7 @@ strength C is chosen from a grid by the out-of-fold val log loss over patient-gr
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit, softmax
 from sklearn.linear_model import LogisticRegression
 
 
@@ -25,13 +26,28 @@ def stack_features(logits: np.ndarray) -> np.ndarray:
     return centred.transpose(1, 0, 2).reshape(logits.shape[1], -1)
 
 
-def fit(features: np.ndarray, labels: np.ndarray, c: float) -> LogisticRegression:
-    return LogisticRegression(C=c, max_iter=5000).fit(features, labels)
+def fit(features: np.ndarray, labels: np.ndarray, c: float) -> dict:
+    """Fit the meta-classifier; returns its parameters (plain lists, what :func:`predict` and the fitted file need)."""
+    model = LogisticRegression(C=c, max_iter=5000).fit(features, labels)
+    return {"coef": model.coef_.tolist(), "intercept": model.intercept_.tolist(), "classes": model.classes_.tolist()}
 
 
-def predict(model: LogisticRegression, features: np.ndarray, n_classes: int) -> np.ndarray:
-    """Probabilities over all ``n_classes`` (a class absent from the fitting rows gets 0)."""
-    out = np.zeros((len(features), n_classes))
-    out[:, model.classes_] = model.predict_proba(features)
+def predict(params: dict, features: np.ndarray, n_classes: int) -> np.ndarray:
+    """Probabilities over all ``n_classes`` (a class absent from the fitting rows gets 0), as scikit-learn's
+    ``predict_proba``: the logistic function of the decision value for two fitted classes, softmax for more.
+
+    >>> params = {"coef": [[2.0]], "intercept": [0.0], "classes": [0, 1]}
+    >>> predict(params, np.array([[0.0], [1.0]]), 2).round(3).tolist()
+    [[0.5, 0.5], [0.119, 0.881]]
+    """
+    decision = np.asarray(features, dtype=np.float64) @ np.asarray(params["coef"], dtype=np.float64).T
+    decision = decision + np.asarray(params["intercept"], dtype=np.float64)
+    classes = np.asarray(params["classes"], dtype=int)
+    if len(classes) == 2:
+        positive = expit(decision[:, 0])
+        proba = np.stack([1 - positive, positive], axis=1)
+    else:
+        proba = softmax(decision, axis=1)
+    out = np.zeros((len(proba), n_classes))
+    out[:, classes] = proba
     return out
-

@@ -3,6 +3,8 @@
     <out>/metrics.json                    every member and method: metrics with patient-bootstrap CIs,
                                           overall and per magnification; method details; McNemar tests
     <out>/predictions/<method>_test.csv   each method's test predictions, in the prediction-file contract
+    <out>/fitted/<method>.json            each method's fitted parameters (+ .safetensors for feature_stack),
+                                          which histo-predict applies to new images (histo.ensemble.fitted)
     <out>/table.md                        members and ensembles side by side, best first
 
 Members are scored from their own prediction files (the same code and bootstrap settings as the
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from histo.ensemble import table
+from histo.ensemble import fitted, table
 from histo.ensemble.folds import val_folds
 from histo.ensemble.members import EnsembleError, Member, load_members
 from histo.ensemble.methods import DESCRIPTIONS, FITTED, METHODS, VAL_USED, Combination, check_settings, combine
@@ -86,6 +88,12 @@ def run_ensemble(
         score(method_entries[method], method_frames[method], combination.val_logits(),
               members.labels("val")[combination.val_rows], VAL_USED[method])
 
+    for method, combination in combinations.items():
+        temperature = (method_entries[method].get("calibration") or {}).get("temperature")
+        path = fitted.save(out, combination, members, temperature)
+        fitted.check(path, combination, members)
+        method_entries[method]["fitted"] = str(path.relative_to(out))
+
     best = max(member_entries, key=lambda k: rank_value(member_entries[k]["test"]["overall"], rank_by))
     labels = test_meta["label"].to_numpy()
     best_correct = predictions.probabilities(members.by_name(best).frames["test"]).argmax(axis=1) == labels
@@ -119,7 +127,8 @@ def run_ensemble(
     write_json(out / "metrics.json", document)
     markdown = table.render(document, paper.paper_results() if compare_to == "paper" else None)
     (out / "table.md").write_text(markdown)
-    log.info("Ensemble outputs in %s: metrics.json, table.md, predictions/<method>_test.csv\n\n%s", out, markdown)
+    log.info("Ensemble outputs in %s: metrics.json, table.md, predictions/<method>_test.csv, fitted/<method>.json"
+             "\n\n%s", out, markdown)
     return document
 
 

@@ -1,0 +1,5 @@
+"""The error every predict-stage refusal raises: the message names the run, file or option and what to do."""
+
+
+class PredictError(ValueError):
+    """Prediction cannot start (a run, an ensemble or an option is unusable)."""
