@@ -26,14 +26,17 @@ keeps what it measured. The parts:
 - stain: images/s of batched stain normalization on the GPU: histo (Vahadane, Macenko, Reinhard) and
   torch-staintools (Vahadane, Macenko; stain_peers.py, shared with bench_stain.py), its first call
   (compiling) and its stain-matrix cache on a second pass reported apart.
+- predict: histo-predict's images/s (histo.predict.Predictor.run, from PNG files to the table) for the ten
+  models at the paper's sizes, fp32 and bf16-mixed, each an untrained run (bench_predict.untrained_run), beside
+  the training part's forward-only rate: how much decoding and resizing the files costs.
 - compile: model.compile on/off for V1-B0 and V2-S, in a child process killed at the part's budget (a
   compile can take minutes and cannot be interrupted in-process); compile time reported apart.
 - projection: the wall time of ``make paper`` on this GPU from the figures above.
 
-To add a part (histo-predict's images/s, once the predict stage lands): write ``def part_x(ctx, budget)
--> Section`` (``budget.left()`` / ``budget.fits(seconds)``; earlier results in ``ctx.results``) and add
-``Part("x", part_x, share)`` to PARTS. ``--dry-run`` runs every part on tiny sizes for a few steps
-(``DRY``), so tests keep every code path that can run on a CPU working.
+To add a part: write ``def part_x(ctx, budget) -> Section`` (``budget.left()`` / ``budget.fits(seconds)``;
+earlier results in ``ctx.results``; ``in_passes`` for a table of models) and add ``Part("x", part_x, share)``
+to PARTS. ``--dry-run`` runs every part on tiny sizes for a few steps (``DRY``), so tests keep every code path
+that can run on a CPU working.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import pytorch_lightning as pl  # noqa: E402
+from bench_predict import ours, untrained_run  # noqa: E402
 from stain_peers import histo_normalizer, race, timed, to_batch, torch_staintools_normalizer  # noqa: E402
 from training_speed import (  # noqa: E402
     CLASSES,
@@ -88,6 +92,7 @@ from histo.data.dataset import read_rgb  # noqa: E402
 from histo.data.synthetic import BREAKHIS_COUNTS, SyntheticSpec, write_dataset  # noqa: E402
 from histo.evaluation.paper import MODELS  # noqa: E402
 from histo.models import Classifier  # noqa: E402
+from histo.predict import Predictor  # noqa: E402
 
 BUDGET_S = 480  # the 8 minutes the check promises, end to end
 RESERVE_S = 15  # kept back for writing the report and shutting down loader workers
@@ -112,6 +117,7 @@ class Settings:
     loader_steps: int = 200
     stain_batch: int = 16
     stain_batches: int = 4
+    predict_images: int = 1024  # of the data part's tree, each model and precision
     compile_models: tuple[str, ...] = ("v1_b0", "v2_s")
     dry: bool = False
 
@@ -120,7 +126,7 @@ FULL = Settings()
 DRY = Settings(models=("v1_b0", "v2_b0"), size=32, batch=4, warmup=1, steps=2,
                synthetic=SyntheticSpec(patients_per_subtype=1, images_per_magnification=2, width=64, height=48),
                data_workers=0, workers=(0, 2), loader_warmup=1, loader_steps=3, stain_batch=2, stain_batches=1,
-               compile_models=("v1_b0", "v2_b0"), dry=True)
+               predict_images=6, compile_models=("v1_b0", "v2_b0"), dry=True)
 # (label, trainer.precision, model.channels_last); the first is make paper's default
 CONFIGS = (("fp32", "32-true", False), ("bf16-mixed", "bf16-mixed", False),
            ("bf16-mixed + channels_last", "bf16-mixed", True))
@@ -272,11 +278,8 @@ def part_environment(ctx: Context, budget: Budget) -> Section:
              ("cudnn.benchmark (histo leaves the default)", str(torch.backends.cudnn.benchmark))]
     _, source = utilisation_query(ctx.device)
     rows.append(("GPU utilisation read from", source))
-    predict = importlib.util.find_spec("histo.predict") is not None
-    rows.append(("histo-predict", "present; gpu_check has no part for it yet" if predict else
-                 "not in this checkout (issue 11): its images/s are not measured"))
     lines += ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
-    data.update(utilisation_source=source, predict_present=predict)
+    data.update(utilisation_source=source)
     return Section(lines, data)
 
 
@@ -309,25 +312,10 @@ def part_data(ctx: Context, budget: Budget) -> Section:
 
 def part_training(ctx: Context, budget: Budget) -> Section:
     s = ctx.settings
-    configs = [c for c in CONFIGS if c[1] != "bf16-mixed" or not ctx.cuda or torch.cuda.is_bf16_supported()]
-    results: dict[str, dict[str, dict]] = {m: {} for m in s.models}
-    took: dict[str, float] = {}
-    skipped = []
-    for label, precision, channels_last in configs:  # passes: make paper's fp32 first, so budget cuts the extras
-        for name in s.models:
-            expected = took.get(name, max(took.values(), default=5.0))
-            if not budget.fits(1.2 * expected):
-                results[name][label] = {"skipped": "budget"}
-                skipped.append(f"{name} {label}")
-                continue
-            started = time.monotonic()
-            try:
-                results[name][label] = measure_training(ctx, name, precision, channels_last)
-            except torch.cuda.OutOfMemoryError as err:
-                results[name][label] = {"failed": f"out of memory: {str(err).splitlines()[0]}"}
-            free_memory()
-            took[name] = time.monotonic() - started
-            print(f"  training {name} {label}: {results[name][label]}", file=sys.stderr, flush=True)
+    configs = [c for c in CONFIGS if c[1] != "bf16-mixed" or bf16_ok(ctx)]
+    by_label = {c[0]: c[1:] for c in configs}
+    results, skipped = in_passes(budget, list(by_label), s.models, "training",
+                                 lambda name, label: measure_training(ctx, name, *by_label[label]))
 
     head = "| model | size | " + " | ".join(f"{c[0]} img/s" for c in configs) + " | bf16 / fp32 | channels_last gain " \
            "| forward-only img/s (" + " / ".join(c[0] for c in configs) + ") | peak GPU memory, MB allocated (" + \
@@ -348,6 +336,33 @@ def part_training(ctx: Context, budget: Budget) -> Section:
     if not ctx.cuda:
         lines += ["", "Peak GPU memory: n/a on a CPU."]
     return Section(lines, {"models": results, "configs": [c[0] for c in configs]})
+
+
+def in_passes(budget: Budget, labels: list[str], models: tuple[str, ...], what: str,
+              measure: Callable[[str, str], dict]) -> tuple[dict[str, dict[str, dict]], list[str]]:
+    """``measure(model, label)`` for every label and model, one pass over the models per label (the first label
+    for all models first, so a short budget cuts the later ones). A call not expected to fit (1.2x the model's
+    previous one, else the longest so far) is skipped; one out of GPU memory is recorded as failed.
+    Returns {model: {label: result}} and the "model label" pairs skipped."""
+    results: dict[str, dict[str, dict]] = {m: {} for m in models}
+    took: dict[str, float] = {}
+    skipped = []
+    for label in labels:
+        for name in models:
+            expected = took.get(name, max(took.values(), default=5.0))
+            if not budget.fits(1.2 * expected):
+                results[name][label] = {"skipped": "budget"}
+                skipped.append(f"{name} {label}")
+                continue
+            started = time.monotonic()
+            try:
+                results[name][label] = measure(name, label)
+            except torch.cuda.OutOfMemoryError as err:
+                results[name][label] = {"failed": f"out of memory: {str(err).splitlines()[0]}"}
+            free_memory()
+            took[name] = time.monotonic() - started
+            print(f"  {what} {name} {label}: {results[name][label]}", file=sys.stderr, flush=True)
+    return results, skipped
 
 
 def measure_training(ctx: Context, name: str, precision: str, channels_last: bool) -> dict:
@@ -498,6 +513,55 @@ def part_stain(ctx: Context, budget: Budget) -> Section:
     return Section(lines, {"rows": [{"library": a, "method": b, **(r or {"skipped": "budget"})} for a, b, r in rows]})
 
 
+def part_predict(ctx: Context, budget: Budget) -> Section:
+    """histo-predict's images/s per model: an untrained run at the model's paper size (speed does not depend on
+    the weights) through :meth:`Predictor.run`, from the data part's PNG files to the prediction table."""
+    s = ctx.settings
+    data = ctx.results.get("data", {})
+    if data.get("status") != "done":
+        return Section(["Not measured: it predicts the data part's images, and the data part did not finish."])
+    paths = [str(p) for p in sorted(Path(data["root"]).rglob("*.png"))[: s.predict_images]]
+    # decoding and resizing full-size PNGs is the loader's whole work: as many processes as the cores allow
+    workers = max((w for w in s.workers if w <= (os.cpu_count() or 1)), default=0)
+    precisions = {"fp32": "auto", **({"bf16-mixed": "bf16-mixed"} if bf16_ok(ctx) else {})}
+
+    def measure(name: str, label: str) -> dict:
+        run = ctx.tmp / "predict" / name
+        if not (run / "run.json").is_file():
+            untrained_run(run, name, model_size(s, name))  # trained in fp32: precision auto is fp32
+        predictor = Predictor.from_runs([run], device=str(ctx.device), precision=precisions[label])
+        ours(predictor, paths[: s.batch], s.batch, workers)  # warm-up: loader processes, kernels, cuDNN's choice
+        return {"rate": len(paths) / ours(predictor, paths, s.batch, workers)}
+
+    results, skipped = in_passes(budget, list(precisions), s.models, "predict", measure)
+    training = ctx.results.get("training", {}).get("models", {})
+    head = ("| model | size | " + " | ".join(f"{p} img/s" for p in precisions) + " | bf16 / fp32 | forward-only "
+            "img/s (training part, best) | histo-predict / forward-only |")
+    lines = [f"histo.predict.Predictor.run over {len(paths):,} PNG files of the data part ({s.synthetic.width}x"
+             f"{s.synthetic.height}), one untrained run per model (scripts/bench_predict.py's untrained_run), batch "
+             f"{s.batch}, num_workers={workers} (the most of the loader part's choices this machine's cores allow), "
+             "the network channels-last as histo-predict runs it; a one-batch warm-up, then one timed pass from "
+             "file paths to the table (loader start-up included, as a histo-predict call pays it). The last column "
+             "compares with the training part's forward pass on in-memory batches: well below 1, the files (decoding, "
+             "resizing, loader start-up), not the network, limit prediction.", "",
+             head, "|" + "---|" * (head.count("|") - 1)]
+    forward_only = {}
+    for name in s.models:
+        r = results[name]
+        best = max((v["rate"] for v in r.values() if "rate" in v), default=None)
+        forward = max((v["eval_rate"] for v in training.get(name, {}).values() if "eval_rate" in v), default=None)
+        forward_only[name] = forward
+        share = f"{best / forward:.2f}" if best and forward else "n/a"
+        lines.append(f"| {name} | {model_size(s, name)} | " + " | ".join(cell(r.get(p), "rate", "{:,.1f}")
+                                                                     for p in precisions)
+                     + f" | {ratio_cell(r.get('bf16-mixed'), r.get('fp32'))} | "
+                     + (f"{forward:,.0f}" if forward else "n/a") + f" | {share} |")
+    if skipped:
+        lines += ["", f"Not measured (the part's {budget.seconds:.0f} s were spent): {', '.join(skipped)}."]
+    return Section(lines, {"models": results, "precisions": list(precisions), "images": len(paths),
+                           "workers": workers, "forward_only_rate": forward_only})
+
+
 def part_compile(ctx: Context, budget: Budget) -> Section:
     """model.compile off and on, in a child process (this script with ``--compile-child``) killed at the budget."""
     s = ctx.settings
@@ -630,6 +694,7 @@ PARTS = [
     Part("training", part_training, 160, "Training speed and peak memory (the ten models)"),
     Part("loader", part_loader, 60, "Does the loader keep up?"),
     Part("stain", part_stain, 60, "Stain normalization on the device"),
+    Part("predict", part_predict, 50, "histo-predict images/s (the ten models)"),
     Part("compile", part_compile, 140, "torch.compile"),
     Part("projection", part_projection, 0, "Projected wall time of make paper"),
 ]
