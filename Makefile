@@ -12,7 +12,7 @@ OUT ?=
 PAPER := $(BIN)/python scripts/paper.py
 PAPER_ARGS = $(if $(DATA),--data $(DATA)) --gpus $(GPUS) $(if $(PRECISION),--precision $(PRECISION)) $(if $(OUT),--out $(OUT))
 
-.PHONY: install demo app test lint clean help paper paper-patient paper-stain paper-smoke
+.PHONY: install demo app test lint clean help paper paper-patient paper-stain paper-smoke leak-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -51,6 +51,9 @@ paper-stain: install  ## V1-B0 without and with Vahadane, same split and seed (D
 
 paper-smoke: install  ## the whole `make paper` pipeline on synthetic data, tiny, one epoch, CPU (minutes)
 	$(PAPER) paper --smoke $(if $(OUT),--out $(OUT))
+
+leak-check: install  ## the paper's leak measured: image vs patient split, same model and images, 3 seeds (DATA=..., default the shared sample; CPU, minutes)
+	$(BIN)/python scripts/leak_check.py --data $(or $(DATA),../shared/data/breakhis-sample/BreaKHis_v1) $(if $(OUT),--out $(OUT))
 
 lint: install  ## ruff
 	$(BIN)/ruff check histo tests scripts

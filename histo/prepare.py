@@ -1,5 +1,5 @@
-"""Build the image caches training reads: ``histo-prepare data.root=<BreaKHis_v1> [models=all|[v1_b0,v2_s]]``
-(or ``python -m histo.prepare ...``).
+"""Build the image caches training reads: ``histo-prepare data.root=<BreaKHis_v1> [models=all|[v1_b0,v2_s]]
+[sizes=[96]]`` (or ``python -m histo.prepare ...``).
 
 ``data``, ``split`` and ``stain`` are the training config groups, so ``histo-prepare data.root=D
 stain=vahadane stain.target=auto`` builds exactly the caches that ``histo-train data.root=D
@@ -24,10 +24,13 @@ log = logging.getLogger("histo.prepare")
 MODEL_DIR = Path(CONF_DIR) / "model"
 
 
-def model_sizes(models, sizes=()) -> dict[int, list[str]]:
-    """Image size -> the models (``conf/model/<name>.yaml``) that need it, plus the extra ``sizes``."""
+def model_sizes(models=None, sizes=()) -> dict[int, list[str]]:
+    """Image size -> the models (``conf/model/<name>.yaml``) that need it, plus the extra ``sizes``.
+    ``models=None`` means all models when no ``sizes`` are given, and none when they are."""
     available = sorted(p.stem for p in MODEL_DIR.glob("*.yaml"))
-    names = available if models in ("all", None) else [str(m) for m in ([models] if isinstance(models, str) else models)]
+    if models is None:
+        models = [] if sizes else "all"
+    names = available if models == "all" else [str(m) for m in ([models] if isinstance(models, str) else models)]
     out: dict[int, list[str]] = {}
     for name in names:
         if name not in available:

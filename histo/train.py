@@ -85,7 +85,8 @@ def train(cfg: DictConfig) -> dict:
     writer = PredictionWriter(run.path)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None] + [writer]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    loggers = tracking.with_training_log(loggers, run)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     config = OmegaConf.to_container(cfg, resolve=True)
     tracking.log_config(trainer.loggers, config)
 
@@ -114,7 +115,7 @@ def train(cfg: DictConfig) -> dict:
                 "fingerprint": data.split.fingerprint,
                 "file": run.split_path.name,
                 "counts": data.split.counts(),
-                "test_patients_in_train": data.split.test_patients_in_train(data.index.frame),
+                **_leak(data.split.test_patients_in_train(data.index.frame), cfg.data.patient_key),
             },
             "data": data.summary(),
             "stain": stain_fit,
@@ -136,6 +137,11 @@ def train(cfg: DictConfig) -> dict:
         return record
     finally:
         _finish_wandb()
+
+
+def _leak(counts: dict[str, int], key: str) -> dict:
+    """run.json's leak counts: under the run's own patient key, and under each key."""
+    return {"test_patients_in_train": counts[key], "test_patients_in_train_by_key": counts}
 
 
 def _report(run, record: dict) -> None:

@@ -7,7 +7,8 @@ and `make paper-smoke` run.
     python scripts/paper.py paper   --smoke          # the whole pipeline on synthetic data, tiny, CPU
 
 paper:   the ten models (one Hydra multirun of experiment=paper/<model>), the V1, V2 and V1+V2
-         ensembles with every method, and a report whose table puts the paper's numbers beside ours.
+         ensembles with every method, Grad-CAM of the ten models on the misclassified test images, and a
+         report whose table puts the paper's numbers beside ours (its gallery shows the Grad-CAM montages).
 patient: the same on each of 5 patient-disjoint folds, then mean and spread across folds (folds.md).
 stain:   experiment=paper/stain_comparison (V1-B0 without and with Vahadane) and a report of both,
          with McNemar's test between them.
@@ -71,12 +72,16 @@ def train_models(data: Path, out: Path, experiments: list[str], extra: list[str]
     return sweep
 
 
-def ensembles_and_report(sweep: Path, out: Path, extra: list[str]) -> Path:
+def ensembles_and_report(sweep: Path, out: Path, extra: list[str], explain_extra: list[str]) -> Path:
+    """The V1, V2 and V1+V2 ensembles, Grad-CAM of the ten models on the misclassified test images (the
+    paper's multigradcam, in ``ensembles/all/explain``, where the report finds it), and the report."""
     dirs = []
     for name in ENSEMBLES:
         dirs.append(out / "ensembles" / name)
         histo("ensemble", f"members={name}", f"sweep_dir={sweep}", f"out={dirs[-1]}", f"methods={METHODS}",
               "compare_to=paper", *extra)
+    runs = ",".join(str(run.path) for run in find_runs(sweep))
+    histo("explain", f"runs=[{runs}]", "images=misclassified", f"out={dirs[-1] / 'explain'}", *explain_extra)
     report = out / "report"
     histo("report", f"runs=[{','.join(map(str, dirs))}]", f"out={report}", "compare_to=paper", *extra)
     return report
@@ -85,8 +90,9 @@ def ensembles_and_report(sweep: Path, out: Path, extra: list[str]) -> Path:
 def paper(args, extra: list[str], out: Path) -> list[str]:
     prepare_caches(args, extra)
     sweep = train_models(args.data, out, [f"paper/{m}" for m in MODELS], extra)
-    report = ensembles_and_report(sweep, out, _report_extra(args))
+    report = ensembles_and_report(sweep, out, _report_extra(args), _explain_extra(args))
     return [f"Report (ours beside the paper's): {report / 'report.html'} and {report / 'report.md'}",
+            f"Grad-CAM of the misclassified test images: {out / 'ensembles' / 'all' / 'explain' / 'index.html'}",
             *(f"Ensemble {e}: {out / 'ensembles' / e / 'table.md'}" for e in ENSEMBLES),
             f"Single models: {sweep}"]
 
@@ -98,7 +104,7 @@ def patient(args, extra: list[str], out: Path) -> list[str]:
         fold_out = out / f"fold{fold}"
         sweep = train_models(args.data, fold_out, [f"patient/{m}" for m in MODELS],
                              [f"split.fold={fold}", f"split.folds={args.folds}", *extra])
-        reports.append(ensembles_and_report(sweep, fold_out, _report_extra(args)) / "metrics.json")
+        reports.append(ensembles_and_report(sweep, fold_out, _report_extra(args), _explain_extra(args)) / "metrics.json")
     summary = fold_summary(reports)
     summary.to_csv(out / "folds.csv", index=False)
     (out / "folds.md").write_text(f"# The paper's recipe on {args.folds} patient-disjoint folds (test split)\n\n"
@@ -128,6 +134,11 @@ def stain(args, extra: list[str], out: Path) -> list[str]:
 
 def _report_extra(args) -> list[str]:
     return ["bootstrap.resamples=200"] if args.smoke else []
+
+
+def _explain_extra(args) -> list[str]:
+    """As many images as the report's gallery shows (40); with --smoke a few, at a layer with a 4x4 map at 32 px."""
+    return ["max_images=6", "layer=blocks.2", "device=cpu"] if args.smoke else ["max_images=40"]
 
 
 def main() -> None:

@@ -22,17 +22,25 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background
 
 
 @contextmanager
-def chromium(width: int = 1280, height: int = 900):
-    """A new page of a headless Chromium at ``width`` x ``height``; skips the test when there is no browser."""
+def launch():
+    """A headless Chromium (Playwright's Browser); skips the test when there is no browser or no Playwright."""
     if not CHROMIUM.is_file():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)")
-    sync_playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed").sync_playwright
+    sync_playwright = pytest.importorskip("playwright.sync_api",
+                                          reason="Playwright is not installed (pip install -e '.[dev]')").sync_playwright
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         try:
-            yield browser.new_page(viewport={"width": width, "height": height})
+            yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def chromium(width: int = 1280, height: int = 900):
+    """A new page of a headless Chromium at ``width`` x ``height``; skips the test when there is no browser."""
+    with launch() as browser:
+        yield browser.new_page(viewport={"width": width, "height": height})
 
 
 def screenshot_dir(tmp_path: Path, name: str) -> Path:
@@ -63,4 +71,4 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 300) -> 
     raise AssertionError(f"{url} did not answer within {timeout} s")
 
 
-__all__ = ["chromium", "free_port", "screenshot_dir", "wait_for_http"]
+__all__ = ["chromium", "free_port", "launch", "screenshot_dir", "wait_for_http"]

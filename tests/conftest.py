@@ -1,11 +1,13 @@
-"""Shared fixtures: a small synthetic BreaKHis tree, the real sample when present, two trained runs."""
+"""Shared fixtures: a small synthetic BreaKHis tree, the real sample when present, two trained runs, and one
+`make paper-smoke` output."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import REAL_SAMPLE, SMALL_SPEC, train_config
+from helpers import REAL_SAMPLE, REPO, SMALL_SPEC, train_config
 
 from histo.data.synthetic import write_dataset
 
@@ -40,3 +42,13 @@ def trained_runs(synthetic_root, tmp_path_factory) -> list[Path]:
         train(cfg)
         runs.append(out)
     return runs
+
+
+@pytest.fixture(scope="session")
+def paper_smoke(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`make paper-smoke` run once (minutes): its output directory and the finished process. Read-only."""
+    out = tmp_path_factory.mktemp("paper") / "smoke"
+    result = subprocess.run(["make", "-C", str(REPO), "paper-smoke", f"OUT={out}"], capture_output=True, text=True,
+                            timeout=3600)  # minutes on a quiet machine; generous for a busy one
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result

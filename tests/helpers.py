@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -11,8 +13,11 @@ from omegaconf import DictConfig, open_dict
 
 from histo import CONF_DIR
 from histo.data.synthetic import SyntheticSpec
+from histo.evaluation import predictions
+from histo.evaluation.run_dir import RunDir
 
-REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "breakhis-sample" / "BreaKHis_v1"
+REPO = Path(__file__).resolve().parents[1]
+REAL_SAMPLE = REPO.parent / "shared" / "data" / "breakhis-sample" / "BreaKHis_v1"
 SMALL_SPEC = SyntheticSpec(patients_per_subtype=2, images_per_magnification=2, width=64, height=42, seed=3)
 
 # What every test training run shares: CPU, tiny images, no progress bar, no worker processes.
@@ -47,3 +52,28 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> 
 def train_config(output_dir: Path, data_root: Path, *overrides: str) -> DictConfig:
     """A train config for a fast CPU run on ``data_root`` writing into ``output_dir``."""
     return compose_config("train", [*FAST, f"data.root={data_root}", *overrides], output_dir)
+
+
+def binary_split(split: str, benign: int, malignant: int, images: int = 6) -> pd.DataFrame:
+    """Prediction-file metadata of ``benign`` + ``malignant`` patients with ``images`` images each."""
+    return pd.DataFrame([
+        {"image": f"{split}/p{p:02d}_{i:02d}.png", "patient": f"{split}-{p:02d}", "subtype": "F" if p < benign else "DC",
+         "magnification": [40, 100, 200, 400][i % 4], "label": int(p >= benign)}
+        for p in range(benign + malignant) for i in range(images)
+    ])
+
+
+def binary_run(path: Path, model: str, meta: dict[str, pd.DataFrame], skill: dict[str, float], seed: int) -> Path:
+    """A finished binary run (run.json, predictions/{val,test}.csv) whose logits favour the true class by
+    ``skill[split]`` plus noise; runs made with the same ``meta`` share a split and can be ensembled."""
+    rng = np.random.default_rng(seed)
+    for split, frame in meta.items():
+        margin = skill[split] + rng.normal(0, 1.5, len(frame))
+        logit = np.where(frame["label"] == 1, margin, -margin)
+        predictions.write(predictions.make_frame(frame, np.c_[np.zeros(len(frame)), logit], ["benign", "malignant"]),
+                          path / "predictions" / f"{split}.csv")
+    RunDir(path).write_record({
+        "model": model, "family": model[:2], "task": "binary", "class_names": ["benign", "malignant"], "seed": seed,
+        "split": {"strategy": "patient", "fingerprint": "0123456789abcdef"}, "stain": {"method": "none"},
+    })
+    return path

@@ -9,7 +9,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from histo.data.breakhis import DataError, build_index, parse_name
+from histo.data.breakhis import DataError, build_index, parse_name, patient_id
 from histo.data.dataset import ImageDataset, read_rgb
 from histo.data.transforms import eval_transform
 
@@ -52,7 +52,8 @@ def test_index_of_synthetic_tree(synthetic_root):
     index = build_index(synthetic_root)
     truth = json.loads((synthetic_root / "synthetic.json").read_text())["patients"]
     assert len(index.frame) == 16 * 4 * 2
-    assert set(index.frame["patient"]) == {p["slide"] for p in truth}
+    assert set(index.frame["slide"]) == {p["slide"] for p in truth}
+    assert set(index.frame["patient"]) == {patient_id(p["slide"]) for p in truth}
     assert index.summary()["per_class"] == {"benign": 64, "malignant": 64}
     assert index.skipped == []
     # both slide-folder spellings (SOB_B_A_14-1234 and SOB_B_A-14-1234) are in the tree and indexed
@@ -148,6 +149,6 @@ def test_real_sample(real_root):
     assert len(f) == 214 and index.skipped == []
     assert index.summary()["per_class"] == {"benign": 116, "malignant": 98}
     assert f["subtype"].nunique() == 8
-    assert f["patient"].nunique() == 19
-    assert build_index(real_root, patient_key="number").frame["patient"].nunique() == 16
+    assert f["patient"].nunique() == 16 and f["slide"].nunique() == 19  # 22549AB/CD/G and 18842/18842D are one each
+    assert build_index(real_root, patient_key="slide").frame["patient"].nunique() == 19
     assert index.summary()["per_magnification"] == {40: 34, 100: 168, 200: 3, 400: 9}

@@ -156,11 +156,14 @@ def test_cache_modes_and_locations(root, tmp_path):
     assert cache.directory.parent.name.startswith("BreaKHis_v1-") and cache.directory.name == "32px-bilinear-none"
 
 
-def test_prepare_sizes_come_from_the_model_configs():
+def test_prepare_sizes_come_from_the_model_configs(tmp_path):
     sizes = model_sizes("all")
-    assert sizes == {224: ["v1_b0", "v2_b0"], 240: ["v1_b1", "v2_b1"], 260: ["v1_b2", "v2_b2"],
+    assert sizes == {224: ["lite0", "v1_b0", "v2_b0"], 240: ["v1_b1", "v2_b1"], 260: ["v1_b2", "v2_b2"],
                      300: ["v1_b3", "v2_b3"], 380: ["v1_b4", "v2_s"]}
     assert model_sizes(["v2_s"], [96]) == {96: ["96px"], 380: ["v2_s"]}
+    assert model_sizes(None, [32]) == {32: ["32px"]}  # sizes alone: only those, not also the ten models'
+    assert model_sizes(None) == sizes and model_sizes("all", [32]) == {32: ["32px"], **sizes}
+    assert compose_config("prepare", ["sizes=[32]"], tmp_path).models is None
     with pytest.raises(ValueError, match="models: 'v1_b9'"):
         model_sizes(["v1_b9"])
 
@@ -169,7 +172,7 @@ def test_prepare_builds_what_training_reads_and_training_records_it(root, tmp_pa
     cache_dir = tmp_path / "cache"
     overrides = [f"data.root={root}", f"data.cache_dir={cache_dir}", "data.num_workers=0", "split=patient",
                  "stain=reinhard", "stain.target=auto"]
-    prepare(compose_config("prepare", [*overrides, "models=[]", "sizes=[32]"], tmp_path / "prep"))
+    prepare(compose_config("prepare", [*overrides, "sizes=[32]"], tmp_path / "prep"))
     printed = capsys.readouterr().out
     assert "| 32 | 32px |" in printed and "built" in printed and "left 1 of" in printed
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import binary_run, binary_split
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -240,7 +242,7 @@ def test_command_end_to_end_over_two_trained_runs(trained_runs, tmp_path):
         for metric in metrics.METRICS:
             assert metric in overall and metric in ci, (name, metric)
         assert set(entry["test"]["per_magnification"]) == {"40", "100", "200", "400"}
-        assert entry["calibration"]["temperature"] > 0
+        assert entry["calibration"]["temperature"] > 0 if name != "hard" else "calibration" not in entry
     for method in doc["methods"]:
         frame = predictions.read(out / "predictions" / f"{method}_test.csv")
         assert frame["image"].tolist() == member_test["image"].tolist()
@@ -275,3 +277,55 @@ def test_sweep_dir_selection_through_configs(trained_runs, tmp_path):
     doc = ensemble(cfg, str(out))
     assert list(doc["members"]) == ["v2_b0", "v1_b0"]
     assert doc["methods"]["soft"]["row"] == "all soft" and "ci" not in doc["methods"]["soft"]["test"]
+
+
+# ---- what the numbers mean (issue 14) -------------------------------------------------------------------------------
+
+def test_best_member_is_chosen_on_val_not_test(tmp_path):
+    # v1_b0 is the better model on test, v2_b0 on val: the reference of McNemar and the table's marker is v2_b0.
+    meta = {"val": binary_split("val", 4, 8), "test": binary_split("test", 4, 8)}
+    runs = [binary_run(tmp_path / "a", "v1_b0", meta, {"val": 0.2, "test": 3.0}, 0),
+            binary_run(tmp_path / "b", "v2_b0", meta, {"val": 3.0, "test": 0.2}, 1)]
+    doc = run_ensemble(runs, tmp_path / "out", methods=["soft", "weighted"], resamples=0)
+    test_bacc = {m: doc["members"][m]["test"]["overall"]["balanced_accuracy"] for m in doc["members"]}
+    assert test_bacc["v1_b0"] > test_bacc["v2_b0"]
+    assert doc["best_member"] == "v2_b0" and doc["best_member_chosen_on"] == "val"
+    assert doc["methods"]["soft"]["mcnemar_vs_best_member"]["best_member"] == "v2_b0"
+    assert "best member on val" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_hard_voting_reports_only_what_votes_support(tmp_path):
+    # Hard voting was scored and temperature-scaled on made-up probabilities (votes + soft) / (M + 1).
+    meta = {"val": binary_split("val", 4, 8), "test": binary_split("test", 4, 8)}
+    runs = [binary_run(tmp_path / name, name, meta, {"val": s, "test": s}, k)
+            for k, (name, s) in enumerate([("v1_b0", 1.0), ("v1_b1", 0.8), ("v2_b0", 0.6)])]
+    doc = run_ensemble(runs, tmp_path / "out", methods=["soft", "hard"], resamples=0, calibrate=True)
+    hard = doc["methods"]["hard"]
+    overall = hard["test"]["overall"]
+    assert overall["ece"] is None and overall["log_loss"] is None
+    assert hard["test"]["score"] == "vote_share" and "calibration" not in hard
+    assert doc["methods"]["soft"]["calibration"]["temperature"] > 0
+    # AUROC on the share of members voting malignant, ties counted half
+    members = load_members(runs)
+    votes = (members.probabilities("test").argmax(axis=2) == 1).mean(axis=0)
+    labels = members.labels("test")
+    from sklearn.metrics import roc_auc_score
+    assert overall["auroc"] == pytest.approx(roc_auc_score(labels, votes))
+    assert overall["accuracy"] == pytest.approx(np.mean((votes > 0.5) == labels))
+    table = (tmp_path / "out" / "table.md").read_text()
+    hard_row = next(line for line in table.splitlines() if f"| {hard['row']} |" in line)  # the main table's
+    assert "n/a" in hard_row and "vote share" in table
+    calibration = table[table.index("## Calibration"):]
+    assert re.search(rf"\| {hard['row']} \| n/a", calibration)
+
+
+def test_image_level_fold_fallback_is_a_warning_in_the_table(tmp_path):
+    # val with one benign patient: cross-validation on val falls back to image-level folds, which only the log said.
+    meta = {"val": binary_split("val", 1, 4), "test": binary_split("test", 4, 8)}
+    runs = [binary_run(tmp_path / name, name, meta, {"val": 1.0, "test": 1.0}, k)
+            for k, name in enumerate(["v1_b0", "v2_b0"])]
+    doc = run_ensemble(runs, tmp_path / "out", methods=["soft", "weighted"], resamples=0)
+    assert doc["val_folds"]["grouping"] == "image"
+    table = (tmp_path / "out" / "table.md").read_text()
+    warning = next(line for line in table.splitlines() if line.startswith("**Warning**") and "image-level" in line)
+    assert table.index(warning) < table.index("| # | model |") and "weighted" in warning

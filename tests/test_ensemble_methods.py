@@ -26,9 +26,11 @@ def test_hard_vote_majority_and_tie():
     assert averaging.hard(three).argmax(axis=1).tolist() == [1, 0]
     # a tie between two members goes to the class with the higher soft mean
     tie = np.array([[[0.4, 0.6], [0.45, 0.55]], [[0.9, 0.1], [0.2, 0.8]]])
-    # image 1: votes 1-1, soft (0.65, 0.35) -> benign; image 2: votes 1-1, soft (0.325, 0.675) -> malignant
+    # image 1: votes 1-1, soft (0.65, 0.35) -> benign; image 2: votes 0-2 -> malignant
     assert averaging.hard(tie).argmax(axis=1).tolist() == [0, 1]
-    np.testing.assert_allclose(averaging.hard(tie)[0], [(1 + 0.65) / 3, (1 + 0.35) / 3])
+    # the output is the vote share (nudged by at most 1e-6 to break the tie), not a made-up probability
+    np.testing.assert_allclose(averaging.hard(tie), [[0.5, 0.5], [0, 1]], atol=1e-6)
+    np.testing.assert_allclose(averaging.hard(three), [[1 / 3, 2 / 3], [2 / 3, 1 / 3]], atol=1e-6)
     np.testing.assert_allclose(averaging.hard(tie).sum(axis=1), 1.0)
 
 

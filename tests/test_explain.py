@@ -21,6 +21,7 @@ from histo.evaluation.run_dir import RunDir
 from histo.explain.cam import METHODS, compute_cams
 from histo.explain.errors import ExplainError
 from histo.explain.inputs import evaluation_inputs, run_inputs
+from histo.explain.montage import overlay
 from histo.explain.runs import load_runs
 from histo.explain.selection import select_images
 from histo.explain.stage import run_explain
@@ -126,6 +127,14 @@ def test_constant_or_zero_gradient_maps_are_zeros_not_nan(method, zero_head):
     result = compute_cams(_constant(zero_head), torch.rand(3, 3, 16, 16), None, method, "features")
     assert result.maps.shape == (3, 16, 16)
     assert np.isfinite(result.maps).all() and (result.maps == 0).all() and result.flat.all()
+
+
+def test_a_flat_map_is_drawn_as_the_greyed_input_not_as_a_heatmap():
+    image = np.random.default_rng(0).integers(100, 156, (8, 8, 3), dtype=np.uint8)  # tissue-like mid tones
+    flat = overlay(image, np.zeros((8, 8), np.float32), flat=True)
+    assert (flat[..., 0] == flat[..., 1]).all() and (flat[..., 1] == flat[..., 2]).all() and flat.min() >= 153
+    wash = overlay(image, np.zeros((8, 8), np.float32))  # zeros through JET: the blue-purple wash it used to be
+    assert (wash[..., 2].astype(int) - wash[..., 0] > 40).all()
 
 
 def test_bad_method_and_layer_are_named_with_the_valid_ones(trained_runs):

@@ -8,14 +8,19 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
+from sklearn.metrics import roc_curve
 
 from histo.ensemble.stage import run_ensemble
-from histo.evaluation import metrics, paper
+from histo.evaluation import metrics, paper, predictions
 from histo.evaluation.run_dir import RunDir
 from histo.explain.stage import run_explain
+from histo.report import gallery, plots
 from histo.report.sources import ReportError
 from histo.report.stage import run_report
 
@@ -34,8 +39,10 @@ def test_report_from_an_ensemble_and_its_members(ensemble_dir, tmp_path):
     page = run_report([ensemble_dir], out, compare_to="paper", resamples=100).read_text()
     names = ["V1-B0", "V2-B0", "v1v2 soft", "v1v2 hard"]
     table = page[page.index('<h2 id="metrics">'):page.index('<h2 id="curves">')]
-    assert "<table>" in table and all(f"<b>{n}</b>" in table for n in names)
+    assert '<table class="metrics">' in table and all(f"<b>{n}</b>" in table for n in names)
     assert "paper accuracy" in table and "0.988" in table and html.escape(paper.CAVEAT) in page  # the paper's V1-B0 beside ours
+    assert "PAPER.md" not in page and "README.md, section" in page  # it cites what the repository holds
+    assert "Balanced accuracy with its" in page  # per magnification: the metric histo-ensemble's table.md shows
 
     # the same numbers as the ensemble stage, from the same prediction files and bootstrap
     document = json.loads((out / "metrics.json").read_text())
@@ -54,11 +61,15 @@ def test_report_from_an_ensemble_and_its_members(ensemble_dir, tmp_path):
     for plot in ("learning_curves", "roc", "confusion", "per_magnification", "per_subtype", "per_patient"):
         assert (out / "plots" / f"{plot}.png").is_file()
 
-    # the gallery: every misclassified image with a thumbnail, and Grad-CAM where explain computed it
+    # the gallery: every misclassified image, as stored and as the model saw it, ranked as histo-explain ranks
+    # them, so the first cards are the images explain (max_images=3) explained, each with its montage
     wrong = document["misclassified"]
-    assert len(wrong) > 0 and page.count('class="card"') == len(wrong)
-    explained = json.loads((ensemble_dir / "explain" / "explain.json").read_text())["images"]
-    assert 0 < page.count("Grad-CAM montage</summary>") == len({e["image"] for e in explained} & {w["image"] for w in wrong})
+    cards = page.split('<div class="card">')[1:]
+    assert len(wrong) > 0 and len(cards) == len(wrong)
+    assert all(card.count("<img") >= 2 and "original" in card and "model input" in card for card in cards)
+    explained = [e["image"] for e in json.loads((ensemble_dir / "explain" / "explain.json").read_text())["images"]]
+    assert explained and [w["image"] for w in wrong[:len(explained)]] == explained
+    assert ["Grad-CAM montage</summary>" in card for card in cards] == [i < len(explained) for i in range(len(cards))]
 
     # markdown: every picture it references exists
     markdown = (out / "report.md").read_text()
@@ -76,7 +87,7 @@ def test_report_of_runs_on_val_and_refusals(trained_runs, tmp_path):
     per_patient = document["rows"]["V1-B0"]["per_patient"]
     assert np.mean([p["share_correct"] for p in per_patient.values()]) == pytest.approx(
         document["rows"]["V1-B0"]["overall"]["patient_recognition_rate"])
-    assert (out / "report.md").read_text().count("![](gallery/") == min(2, len(document["misclassified"]))
+    assert (out / "report.md").read_text().count("![](gallery/") == 2 * min(2, len(document["misclassified"]))  # original, input
 
     with pytest.raises(ReportError, match="neither a training run"):
         run_report([tmp_path], tmp_path / "x")
@@ -96,3 +107,74 @@ def test_histo_report_command(trained_runs, tmp_path):
     page = (out / "report.html").read_text()
     assert "<title>Two tiny runs</title>" in page and "<b>V2-B0</b>" in page
     assert (out / "report.md").is_file()
+
+
+def _training_log(epochs: int, rng) -> pd.DataFrame:
+    """Per-epoch means as :func:`plots.read_curves` returns them, epochs from 0."""
+    loss = np.sort(rng.uniform(0.05, 0.7, (2, epochs)))[:, ::-1]
+    return pd.DataFrame({"train/loss": loss[0], "val/loss": loss[1], "train/acc": 1 - loss[0] / 2,
+                         "val/acc": 1 - loss[1] / 2}, index=pd.Index(range(epochs), name="epoch"))
+
+
+@pytest.mark.parametrize(("epochs", "runs"), [(1, 2), (1, 13), (40, 2), (40, 13)])
+def test_plots_fit_the_page_for_one_epoch_and_forty_two_curves_and_thirteen(tmp_path, epochs, runs):
+    rng = np.random.default_rng(epochs * runs)
+    names = [f"all feature_stack {k}" for k in range(runs)]  # as long as the paper report's names
+    colour = plots.colours(names)
+    assert len(set(colour.values())) == runs
+    curves = {n: (_training_log(epochs, rng), epochs - 1) for n in names}
+    figures = [plots.learning_curves(curves, colour, tmp_path / "curves.png")]
+    rows = [SimpleNamespace(name=n, kind="model" if k < runs // 2 + 1 else "ensemble", source=Path(f"ens{k % 3}"))
+            for k, n in enumerate(names)]
+    numbers = {}
+    for k, n in enumerate(names):
+        scores = rng.uniform(size=60) + np.repeat([0, 0.5], 30)
+        fpr, tpr, _ = roc_curve(np.repeat([0, 1], 30), scores if k % 4 else np.arange(60))  # every 4th: the same curve
+        numbers[n] = {"roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}, "overall": {"auroc": 0.95},
+                      "ci": {"overall": {"auroc": [0.9, 0.99]}}}
+    same = plots.identical_curves(rows, numbers)
+    assert same[names[0]] == names[::4]
+    assert len(plots.roc_groups(rows)) == (1 if runs <= 8 else 1 + len({r.source for r in rows if r.kind == "ensemble"}))
+    figures.append(plots.roc_curves(rows, numbers, colour, "malignant", tmp_path / "roc.png"))
+    for path in figures:
+        assert Image.open(path).width <= plots.PAGE_PX  # shown 1:1 in a 1280 px window: its text stays readable
+
+
+def test_learning_curves_count_epochs_from_zero_as_the_checkpoints(tmp_path):
+    log = tmp_path / "metrics.csv"
+    log.write_text("epoch,step,train/loss,val/loss\n0,5,,0.6\n0,5,0.7,\n1,11,,0.5\n1,11,0.6,\n")
+    curves = plots.read_curves(log)
+    assert curves.index.tolist() == [0, 1]
+    assert plots.best_epoch({"checkpoint": "checkpoints/best-epoch001.ckpt"}, curves) == 1
+
+
+def test_gallery_ranks_as_explain_over_the_single_models_then_adds_what_only_ensembles_get_wrong():
+    def frame(p_malignant):  # images a, b (malignant) and c (benign)
+        logit = np.log(np.asarray(p_malignant) / (1 - np.asarray(p_malignant)))
+        return pd.DataFrame({"image": ["a", "b", "c"], "patient": ["1", "2", "3"], "subtype": ["DC", "DC", "A"],
+                             "magnification": [40, 40, 40], "label": [1, 1, 0], "logit_benign": 0.0,
+                             "logit_malignant": logit})
+
+    models = [SimpleNamespace(name=n, kind="model", frame=frame([0.3, 0.4, 0.1])) for n in ("A", "B")]
+    ensemble = SimpleNamespace(name="E", kind="ensemble", frame=frame([0.9, 0.1, 0.8]))  # wrong on b (surely) and c
+    wrong = gallery.misclassified([*models, ensemble], ["benign", "malignant"])
+    # explain over the two runs: a and b, each wrong in both, a more confidently; the ensemble's votes change nothing
+    _, order = predictions.most_wrong_first([m.frame for m in models])
+    assert [w["image"] for w in wrong] == ["a", "b", "c"] and models[0].frame["image"][order[:2]].tolist() == ["a", "b"]
+    assert [w["n_wrong"] for w in wrong] == [2, 3, 1]
+
+
+def test_report_warns_of_image_level_folds_and_shows_hard_voting_as_votes(tmp_path):
+    from helpers import binary_run, binary_split
+    meta = {"val": binary_split("val", 1, 4), "test": binary_split("test", 5, 8)}
+    runs = [binary_run(tmp_path / name, name, meta, {"val": 1.0, "test": 1.0}, k)
+            for k, name in enumerate(["v1_b0", "v1_b1", "v2_b0"])]
+    run_ensemble(runs, tmp_path / "ens", methods=["hard", "weighted"], name="v", resamples=0)
+    run_report([tmp_path / "ens"], tmp_path / "report", resamples=0, gallery_max=0)
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    warning = next(line for line in markdown.splitlines() if line.startswith("> **Warning**") and "image-level" in line)
+    assert "weighted" in warning
+    hard_row = next(line for line in markdown.splitlines() if "| v hard |" in line)
+    assert "n/a" in hard_row and "vote share" in markdown
+    rows = json.loads((tmp_path / "report" / "metrics.json").read_text())["rows"]
+    assert rows["v hard"]["overall"]["ece"] is None and rows["v hard"]["score"] == "vote_share"

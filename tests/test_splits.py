@@ -9,7 +9,7 @@ from histo.data.breakhis import DataError, build_index
 from histo.data.splits import make_split, read_split
 from histo.data.synthetic import SyntheticSpec, write_dataset
 
-# PAPER.md 2.1: floor(0.15 n) per class x magnification group of the full dataset.
+# The paper's image split (README.md, "Reproducing the paper"): floor(0.15 n) per class x magnification group of the full dataset.
 PAPER_GROUPS = {  # (class, magnification): (train, val, test)
     ("benign", 40): (439, 93, 93), ("benign", 100): (452, 96, 96),
     ("benign", 200): (437, 93, 93), ("benign", 400): (412, 88, 88),
@@ -44,7 +44,7 @@ def test_image_split_reproduces_the_paper_counts(full_index):
         group = table[(table["tumor"] == tumor) & (table["magnification"] == mag)]
         assert tuple((group["split"] == s).sum() for s in ("train", "val", "test")) == expected
     # the paper's leak: almost every test patient also has images in train
-    assert split.test_patients_in_train(full_index.frame) > 70
+    assert split.test_patients_in_train(full_index.frame)["number"] > 70
 
 
 def test_patient_split_is_disjoint_and_stratified(full_index):
@@ -54,7 +54,7 @@ def test_patient_split_is_disjoint_and_stratified(full_index):
     assert not patients["train"] & patients["val"]
     assert not patients["train"] & patients["test"]
     assert not patients["val"] & patients["test"]
-    assert split.test_patients_in_train(full_index.frame) == 0
+    assert split.test_patients_in_train(full_index.frame) == {"number": 0, "slide": 0}
     for s in ("train", "val", "test"):  # both classes in every split
         assert set(table.loc[table["split"] == s, "tumor"]) == {"benign", "malignant"}
     # 24 benign / 58 malignant patients at 15 %: 4 and 9 patients to each of val and test
@@ -111,3 +111,54 @@ def test_split_file_round_trip_and_mismatch(small_index, tmp_path):
         read_split(tmp_path / "short.csv", small_index.frame)
     with pytest.raises(DataError, match="does not exist"):
         read_split(tmp_path / "none.csv", small_index.frame)
+
+
+# ---- patients are people (issue 14) ---------------------------------------------------------------------------------
+
+def _tree(root, slides: dict[str, str]):
+    """A tiny BreaKHis tree: for each slide (``14-100AB``) its subtype code, 4 images at 40x and 100x."""
+    from PIL import Image
+
+    from histo.data.breakhis import SUBTYPES
+    for slide, code in slides.items():
+        tumor = SUBTYPES[code][0]
+        folder = root / tumor / f"SOB_{tumor[0].upper()}_{code}_{slide}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for mag in (40, 100):
+            for seq in range(1, 5):
+                Image.new("RGB", (8, 8), (200, 120, 180)).save(
+                    folder / f"SOB_{tumor[0].upper()}_{code}-{slide}-{mag}-{seq:03d}.png")
+    return root
+
+
+def test_slides_of_one_patient_number_stay_on_one_side_by_default(tmp_path):
+    # Lettered slides that share a number are one person: by default a patient split keeps them together.
+    slides = {f"14-{n}{s}": code for n, code in [(100, "A"), (200, "F"), (300, "PT"), (400, "TA")]
+              for s in ("AB", "CD")}
+    slides |= {f"14-{n}{s}": code for n, code in [(500, "DC"), (600, "LC"), (700, "MC"), (800, "PC")] for s in ("", "D")}
+    root = _tree(tmp_path / "BreaKHis_v1", slides)
+    index = build_index(root)
+    assert index.frame["patient"].nunique() == 8  # 16 slides, 8 people
+    for seed in range(5):
+        split = make_split(index.frame, index.labels("binary"), "patient", seed=seed, val_ratio=0.25, test_ratio=0.25)
+        assert split.test_patients_in_train(index.frame) == {"slide": 0, "number": 0}
+    # keyed by slide, the same split strategy puts slides of one person on both sides of some split
+    by_slide = build_index(root, patient_key="slide")
+    leaks = [make_split(by_slide.frame, by_slide.labels("binary"), "patient", seed=s, val_ratio=0.25,
+                        test_ratio=0.25).test_patients_in_train(by_slide.frame) for s in range(5)]
+    assert all(leak["slide"] == 0 for leak in leaks) and any(leak["number"] > 0 for leak in leaks)
+
+
+def test_real_sample_patient_split_keeps_people_apart(real_root, tmp_path):
+    # Issue 14: with slides as patients, split seed 0 put 14-18842D in test and 14-18842 in train.
+    from helpers import compose_config
+
+    from histo.data.breakhis import parse_name
+    from histo.data.datamodule import load_data
+    cfg = compose_config("train", ["split=patient", f"data.root={real_root}"], tmp_path)
+    data = load_data(cfg.data, cfg.split, cfg.paths.synthetic_dir)
+    people = {s: {parse_name(i.rsplit("/", 1)[-1]).patient("number") for i in data.split.images(s)}
+              for s in ("train", "val", "test")}
+    assert not people["test"] & people["train"] and not people["val"] & people["train"]
+    assert cfg.data.patient_key == "number"
+    assert data.split.test_patients_in_train(data.index.frame) == {"slide": 0, "number": 0}

@@ -41,6 +41,8 @@ def test_interval_contains_the_point_estimate():
     for block, point in [("overall", out["overall"]), *[(m, v) for m, v in out["per_magnification"].items()]]:
         ci = out["ci"]["overall"] if block == "overall" else out["ci"]["per_magnification"][block]
         for name in metrics.METRICS:
+            if ci[name] is None:  # every resample alike (every patient right): no interval, never a zero-width one
+                continue
             low, high = ci[name]
             assert low <= point[name] + 1e-12 and point[name] <= high + 1e-12, (block, name, low, point[name], high)
     low, high = out["ci"]["overall"]["accuracy"]
@@ -83,3 +85,58 @@ def test_mcnemar_frames_needs_the_same_images():
     assert out["a_only_correct"] + out["b_only_correct"] == len(frame)
     with pytest.raises(ValueError, match="same images"):
         mcnemar_frames(frame, frame.iloc[1:])
+
+
+# ---- intervals that mean what they say (issue 14) --------------------------------------------------------------------
+
+def test_no_zero_width_interval_when_a_class_has_one_test_patient():
+    # A real run had 1 benign and 2 malignant test patients: patient recognition rate, patient vote and
+    # specificity got zero-width intervals. No bootstrap covers anything there: no interval, and why.
+    frame = _frame(n_patients=3)  # patient 0 benign, 1 and 2 malignant
+    out = metrics.evaluate(frame, resamples=300, seed=0)
+    for name in metrics.METRICS:
+        assert out["ci"]["overall"][name] is None, name
+    assert "1 benign and 2 malignant test patients" in out["ci_method"]["withheld"]["overall"]
+    assert out["overall"]["specificity"] is not None  # the estimate stays
+
+
+def test_enough_patients_give_intervals_wider_than_the_old_stratified_percentile():
+    frame = _frame(n_patients=24)  # 8 benign, 16 malignant
+    out = metrics.evaluate(frame, resamples=400, seed=0)
+    assert out["ci_method"]["withheld"]["overall"] is None
+    table = metrics.patient_table(frame["label"], predictions.probabilities(frame), frame["patient"])
+    old, _ = bootstrap.intervals(lambda w: metrics.scores(table, w), table.patient_label, 400, 0, 0.95,
+                                 bootstrap.PREVIOUS)
+    for name in ("accuracy", "specificity", "patient_recognition_rate"):
+        low, high = out["ci"]["overall"][name]
+        assert low <= out["overall"][name] <= high
+        assert high - low > old[name][1] - old[name][0], name  # the old one was too narrow for 8 patients
+
+
+def test_coverage_script_runs_and_says_where_no_interval_is_given(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ci_coverage.py"
+    result = subprocess.run([sys.executable, str(script), "--sims", "15", "--patients", "3,16", "--images", "60",
+                             "--resamples", "100", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = (tmp_path / "coverage.md").read_text()
+    row3 = next(line for line in table.splitlines() if line.startswith("| 3 (1/2) | 60 |"))
+    row16 = next(line for line in table.splitlines() if line.startswith("| 16 (5/11) | 60 |"))
+    assert row3.count("none (") == 5 and "none" not in row16
+    coverage = pd.read_csv(tmp_path / "coverage.csv")
+    assert set(coverage["scheme"]) >= {bootstrap.PREVIOUS.name, bootstrap.DEFAULT.without_minimum().name}
+    assert coverage["coverage"].between(0, 1).all()
+
+
+def test_a_metric_every_resample_agrees_on_gets_no_interval():
+    # every patient's vote right: each resample says 1.0, a bootstrap cannot see the uncertainty of that
+    frame = _frame(n_patients=24)
+    frame["logit_malignant"] = np.where(frame["label"] == 1, 3.0, -3.0) + np.where(frame.index % 7 == 0, -8.0, 0.0) * (
+        frame["label"] == 1)
+    out = metrics.evaluate(frame, resamples=300, seed=0)
+    assert out["overall"]["patient_vote_accuracy"] == 1.0 and out["ci"]["overall"]["patient_vote_accuracy"] is None
+    low, high = out["ci"]["overall"]["accuracy"]
+    assert low < out["overall"]["accuracy"] <= high  # not everything is degenerate

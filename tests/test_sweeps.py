@@ -40,7 +40,7 @@ def test_multirun_gives_each_run_its_own_directory(seed_sweep):
 
 def test_histo_compare_tables_the_runs(seed_sweep, capsys):
     out, _ = seed_sweep
-    assert compare_main([str(out), "--sort", "auroc"]) == 0
+    assert compare_main([str(out), "--sort", "auroc", "--sort-split", "test"]) == 0
     printed = capsys.readouterr().out
     table = pd.read_csv(out / "compare.csv")
     assert sorted(table["seed"]) == [1, 2]
@@ -57,12 +57,18 @@ def test_histo_compare_refuses_a_directory_without_runs(tmp_path, capsys):
     assert "no run.json" in capsys.readouterr().err
 
 
-def test_submitit_local_launcher_runs_a_two_job_sweep(synthetic_root, tmp_path):
+def test_submitit_local_launcher_runs_a_two_job_sweep(synthetic_root, tmp_path, capsys):
     """The SLURM plugin's local launcher: the same job-array code path, on this machine."""
     runs = sweep(synthetic_root, tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
                  "model=v1_b0,v2_b0")
     assert [RunDir(r).record()["model"] for r in runs] == ["v1_b0", "v2_b0"]
     assert list(tmp_path.glob(".submitit/*/*_log.out"))  # submitit ran them as jobs
+
+    # histo-compare of a model sweep: the model column once, although `model` is the override that differs
+    assert compare_main([str(tmp_path)]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith("| run | model | n_images |") and header.count("| model |") == 1
+    assert list(pd.read_csv(tmp_path / "compare.csv").columns[:3]) == ["run", "model", "n_images"]
 
 
 def test_slurm_and_optuna_configs_compose(tmp_path):
@@ -80,3 +86,17 @@ def test_slurm_and_optuna_configs_compose(tmp_path):
     assert optuna.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert optuna.optimized_metric == "val/balanced_accuracy" and optuna.hydra.sweeper.direction == "maximize"
     assert compose_config("train", [], tmp_path).get("optimized_metric") is None
+
+
+def test_histo_compare_sorts_by_val_unless_asked(tmp_path, capsys):
+    # Sorting by test picks the winner on the numbers it then reports; the default ranks by val.
+    from histo.evaluation.compare import comparison
+    for name, val, test in [("a", 0.9, 0.6), ("b", 0.7, 0.8), ("c", 0.8, 0.7)]:
+        scores = {split: {"overall": {"n_images": 10, "balanced_accuracy": v}} for split, v in (("val", val), ("test", test))}
+        RunDir(tmp_path / name).write_record({"model": "v1_b0", "metrics": scores})
+    assert comparison(tmp_path)["run"].tolist() == ["a", "c", "b"]
+    assert comparison(tmp_path, sort_split="test")["run"].tolist() == ["b", "c", "a"]
+    assert compare_main([str(tmp_path)]) == 0
+    assert "sorted by val balanced_accuracy" in (tmp_path / "compare.md").read_text()
+    assert compare_main([str(tmp_path), "--sort-split", "test"]) == 0
+    assert pd.read_csv(tmp_path / "compare.csv")["run"].tolist() == ["b", "c", "a"]

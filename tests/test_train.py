@@ -59,6 +59,14 @@ def test_image_split_records_the_patient_leak(synthetic_root, tmp_path):
     assert len(RunDir(tmp_path).read_predictions("test")) == record["split"]["counts"]["test"]
 
 
+@pytest.mark.parametrize("logger", ["tensorboard", "none"])
+def test_the_csv_training_log_is_kept_whatever_the_logger(synthetic_root, tmp_path, logger):
+    train(train_config(tmp_path, synthetic_root, f"logger={logger}", "debug=limit", "trainer.max_epochs=1"))
+    log = pd.read_csv(RunDir(tmp_path).training_log_path)  # what histo-report draws the learning curves from
+    assert {"epoch", "train/loss", "val/acc"} <= set(log.columns)
+    assert (tmp_path / "tensorboard").is_dir() == (logger == "tensorboard")
+
+
 def test_fast_dev_run_writes_no_prediction_files(synthetic_root, tmp_path):
     assert train(train_config(tmp_path, synthetic_root, "debug=fdr")) == {}
     assert not (tmp_path / "predictions").exists() and not (tmp_path / "run.json").exists()

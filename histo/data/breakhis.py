@@ -37,7 +37,7 @@ SUBTYPES = {  # code -> (tumour class, folder / class name)
 SUBTYPE_CLASSES = tuple(name for _, name in SUBTYPES.values())
 MAGNIFICATIONS = (40, 100, 200, 400)
 TASKS = ("binary", "subtype")
-PATIENT_KEYS = ("slide", "number")
+PATIENT_KEYS = ("number", "slide")
 
 INDEX_COLUMNS = ["image", "tumor", "subtype", "patient", "slide", "magnification", "seq"]
 
@@ -54,18 +54,28 @@ class ParsedName:
     magnification: int
     seq: int
 
-    def patient(self, key: str = "slide") -> str:
-        """Patient id: the slide id (``14-22549AB``) or, with ``key="number"``, its digits only
-        (``14-22549``), which groups the lettered slides of one patient number together."""
-        if key == "slide":
-            return self.slide
-        year, slide = self.slide.split("-", 1)
-        digits = re.match(r"\d*", slide).group(0)
-        return f"{year}-{digits}" if digits else self.slide
+    def patient(self, key: str = "number") -> str:
+        """Patient id under ``key`` (see :func:`patient_id`)."""
+        return patient_id(self.slide, key)
 
     def class_name(self, task: str) -> str:
         """The image's class for ``task``: ``benign``/``malignant``, or the subtype's name."""
         return self.tumor if task == "binary" else SUBTYPES[self.subtype][1]
+
+
+def patient_id(slide: str, key: str = "number") -> str:
+    """The patient of a slide ``<yy>-<slide id>``: with ``key="number"`` (the default) its digits only, so the
+    lettered slides of one patient number (22549AB, 22549CD, 22549G; 18842 and 18842D) are one person;
+    with ``key="slide"`` the slide itself, as the dataset counts its 82 "patients".
+
+    >>> patient_id("14-22549AB"), patient_id("14-22549AB", "slide"), patient_id("14-18842")
+    ('14-22549', '14-22549AB', '14-18842')
+    """
+    if key == "slide":
+        return slide
+    year, rest = slide.split("-", 1)
+    digits = re.match(r"\d*", rest).group(0)
+    return f"{year}-{digits}" if digits else slide
 
 
 def parse_name(name: str) -> ParsedName | None:
@@ -121,6 +131,7 @@ class Index:
             "root": str(self.root),
             "images": len(f),
             "patients": int(f["patient"].nunique()),
+            "slides": int(f["slide"].nunique()),
             "per_class": f["tumor"].value_counts().sort_index().to_dict(),
             "per_magnification": {int(k): int(v) for k, v in f["magnification"].value_counts().sort_index().items()},
             "skipped": len(self.skipped),
@@ -130,7 +141,7 @@ class Index:
 def build_index(
     root: str | Path,
     magnification: str | int = "all",
-    patient_key: str = "slide",
+    patient_key: str = "number",
     check_images: bool = True,
 ) -> Index:
     """Walk a BreaKHis tree and index every PNG by its file name.

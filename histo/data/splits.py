@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from histo.data.breakhis import DataError
+from histo.data.breakhis import PATIENT_KEYS, DataError, patient_id
 
 STRATEGIES = ("image", "patient", "patient_kfold")
 SPLITS = ("train", "val", "test")
@@ -47,11 +47,15 @@ class Split:
     def counts(self) -> dict[str, int]:
         return {s: int((self.frame["split"] == s).sum()) for s in SPLITS}
 
-    def test_patients_in_train(self, index: pd.DataFrame) -> int:
-        """How many test patients also have images in train: the paper's leak, 0 for patient splits."""
-        patients = index.set_index("image")["patient"]
-        by_split = {s: set(patients.loc[self.images(s)]) for s in ("train", "test")}
-        return len(by_split["train"] & by_split["test"])
+    def test_patients_in_train(self, index: pd.DataFrame) -> dict[str, int]:
+        """How many test patients also have images in train, with patients keyed by slide and by number
+        (:func:`~histo.data.breakhis.patient_id`): the paper's leak; 0 under both for a patient split by number."""
+        slides = index.set_index("image")["slide"]
+        out = {}
+        for key in PATIENT_KEYS:
+            by_split = {s: {patient_id(slide, key) for slide in slides.loc[self.images(s)]} for s in ("train", "test")}
+            out[key] = len(by_split["train"] & by_split["test"])
+        return out
 
 
 def make_split(

@@ -28,7 +28,7 @@ from histo.data.breakhis import MAGNIFICATIONS, SUBTYPES
 HEMATOXYLIN = np.array([0.650, 0.704, 0.286])
 EOSIN = np.array([0.072, 0.990, 0.105])
 
-# BreaKHis per class x magnification image counts (PAPER.md section 1) and patients per subtype.
+# BreaKHis per class x magnification image counts (Spanhol et al. 2016) and patients per subtype.
 BREAKHIS_COUNTS = {
     "benign": {40: 625, 100: 644, 200: 623, 400: 588},
     "malignant": {40: 1370, 100: 1437, 200: 1390, 400: 1232},

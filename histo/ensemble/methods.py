@@ -31,12 +31,16 @@ from histo.evaluation import calibration
 FITTED = ("weighted", "stack", "greedy", "feature_stack")
 DESCRIPTIONS = {
     "soft": "mean of the members' softmax probabilities",
-    "hard": "majority of the members' argmax, ties broken by the soft mean",
+    "hard": "majority of the members' argmax, ties broken by the soft mean; scores are vote shares",
     "weighted": "weighted mean of probabilities, weights >= 0 summing to 1 fitted on val by log loss",
     "stack": "logistic regression on the members' val logits, C chosen by cross-validation on val",
     "greedy": "forward selection with replacement on val by log loss (Caruana et al. 2004)",
     "feature_stack": "MLP on the members' concatenated penultimate features, fitted on val, early stopping on a "
                      "val hold-out fold",
+}
+
+SCORES = {  # what a method's output is, for metrics.evaluate(score=...): probabilities unless listed
+    "hard": "vote_share",
 }
 
 VAL_USED = {  # which val predictions a method reports (and a temperature is fitted on)

@@ -19,7 +19,16 @@ from pathlib import Path
 from histo.ensemble import fitted, table
 from histo.ensemble.folds import val_folds
 from histo.ensemble.members import EnsembleError, Member, load_members
-from histo.ensemble.methods import DESCRIPTIONS, FITTED, METHODS, VAL_USED, Combination, check_settings, combine
+from histo.ensemble.methods import (
+    DESCRIPTIONS,
+    FITTED,
+    METHODS,
+    SCORES,
+    VAL_USED,
+    Combination,
+    check_settings,
+    combine,
+)
 from histo.evaluation import bootstrap, calibration, metrics, paper, predictions
 from histo.evaluation.json_file import write_json
 from histo.evaluation.mcnemar import mcnemar
@@ -76,17 +85,18 @@ def run_ensemble(
             "details": combinations[method].details,
         }
 
-    def score(entry, test_frame, val_logits, val_labels, fitted_on):
-        entry["test"] = metrics.evaluate(test_frame, resamples=resamples, seed=seed, level=level)
-        if calibrate:
+    def score(entry, test_frame, val_logits, val_labels, fitted_on, kind="probability"):
+        entry["test"] = metrics.evaluate(test_frame, resamples=resamples, seed=seed, level=level, score=kind)
+        if calibrate and kind == "probability":  # votes are not probabilities: nothing to calibrate
             entry["calibration"] = _temperature(val_logits, val_labels, test_frame, fitted_on)
 
     for member in members:
         score(member_entries[member.name], member.frames["test"], predictions.logits(member.frames["val"]),
               members.labels("val"), "val")
+        member_entries[member.name]["val"] = {"overall": metrics.evaluate(member.frames["val"], resamples=0)["overall"]}
     for method, combination in combinations.items():
         score(method_entries[method], method_frames[method], combination.val_logits(),
-              members.labels("val")[combination.val_rows], VAL_USED[method])
+              members.labels("val")[combination.val_rows], VAL_USED[method], SCORES.get(method, "probability"))
 
     for method, combination in combinations.items():
         temperature = (method_entries[method].get("calibration") or {}).get("temperature")
@@ -94,7 +104,8 @@ def run_ensemble(
         fitted.check(path, combination, members)
         method_entries[method]["fitted"] = str(path.relative_to(out))
 
-    best = max(member_entries, key=lambda k: rank_value(member_entries[k]["test"]["overall"], rank_by))
+    # the reference member is chosen on val: choosing it on test would select on the numbers it is judged by
+    best = max(member_entries, key=lambda k: rank_value(member_entries[k]["val"]["overall"], rank_by))
     labels = test_meta["label"].to_numpy()
     best_correct = predictions.probabilities(members.by_name(best).frames["test"]).argmax(axis=1) == labels
     for method, entry in method_entries.items():
@@ -116,9 +127,11 @@ def run_ensemble(
             "test_patients_in_train")},
         "test": {"n_images": len(test_meta), "n_patients": int(test_meta["patient"].nunique())},
         "val_folds": val_cv.describe() if val_cv else None,
+        "warnings": _warnings(val_cv, [m for m in methods if m in FITTED]),
         "bootstrap": bootstrap.describe(resamples, seed, level) if resamples > 0 else None,
         "rank_by": rank_by,
         "best_member": best,
+        "best_member_chosen_on": "val",
         "calibrate": bool(calibrate),
         "compare_to": compare_to,
         "members": member_entries,
@@ -152,6 +165,14 @@ def _check_options(methods: list[str], compare_to, rank_by: str, settings: dict)
         check_settings(method, options)
 
 
+def _warnings(folds, fitted: list[str]) -> list[str]:
+    """What a reader of the numbers must know about how they were made."""
+    if folds is None or folds.grouping != "image":
+        return []
+    return [f"{', '.join(fitted)} {'was' if len(fitted) == 1 else 'were'} fitted on val with {folds.note}. "
+            "Out-of-fold val numbers are then optimistic, and the fit may follow individual patients."]
+
+
 def _temperature(val_logits, val_labels, test_frame, fitted_on: str) -> dict:
     """Temperature fitted on val logits (a method's: log of its val output), applied to the test logits."""
     temperature = calibration.fit_temperature(val_logits, val_labels)
@@ -176,6 +197,3 @@ def _member_entry(member: Member) -> dict:
         "seed": member.record.get("seed"),
         "stain": (member.record.get("stain") or {}).get("method"),
     }
-
-
-

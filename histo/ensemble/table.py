@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from histo.evaluation import paper
+from histo.evaluation import bootstrap, paper
 from histo.evaluation.table_format import (
     COLUMNS,
     DEFINITIONS,
+    VOTES_NOTE,
     errors,
     missing,
     number,
@@ -33,15 +34,25 @@ def render(document: dict, paper_results: pd.DataFrame | None = None) -> str:
         "",
         f"Ranked by {COLUMNS[document['rank_by']]} on test, best first. " + _ci_note(document),
         DEFINITIONS,
-        f"McNemar: exact two-sided test of each ensemble against the best member ({best}) on the same test images; "
-        "+a/-b: images only the ensemble / only the member classifies correctly.",
+        f"McNemar: exact two-sided test of each ensemble against the best member on val ({best}, by "
+        f"{COLUMNS[document['rank_by']]}) on the same test images; +a/-b: images only the ensemble / only the member "
+        "classifies correctly.",
     ]
+    if any(row["test"].get("score") == "vote_share" for row in rows):
+        lines.append(VOTES_NOTE)
+    withheld = next((why for row in rows if (why := (row["test"].get("ci_method") or {}).get("withheld", {}).get(
+        "overall"))), None)
+    if withheld:
+        lines.append(bootstrap.withheld_note(withheld))
+    elif any(bootstrap.any_missing(row["test"].get("ci")) for row in rows):
+        lines.append(bootstrap.NO_CI)
     if document["positive_class"] is None:
         lines.append(MACRO_NOTE)
     leaked = document["split"].get("test_patients_in_train")
     if leaked:
         lines.append(f"**Warning**: {leaked} test patients also have images in train (split "
                      f"`{document['split']['strategy']}`): these numbers measure within-patient interpolation.")
+    lines += [f"**Warning**: {warning}" for warning in document.get("warnings", [])]
     lines.append("")
 
     header = ["#", "model", "kind", *COLUMNS.values(), "ECE", "errors", f"vs {best} (McNemar)"]
@@ -51,8 +62,10 @@ def render(document: dict, paper_results: pd.DataFrame | None = None) -> str:
     for rank, row in enumerate(rows, start=1):
         overall, ci = row["test"]["overall"], row["test"].get("ci", {}).get("overall", {})
         cells = [str(rank), row["name"], row["kind"]]
-        cells += [_cell(overall.get(metric), ci.get(metric)) for metric in COLUMNS]
-        cells += [number(overall.get("ece")), str(errors(overall)), _mcnemar(row, best)]
+        votes = row["test"].get("score") == "vote_share"
+        cells += [_cell(overall.get(metric), ci.get(metric), ci) + ("*" if votes and metric == "auroc" else "")
+                  for metric in COLUMNS]
+        cells += ["n/a" if votes else number(overall.get("ece")), str(errors(overall)), _mcnemar(row, best)]
         if paper_results is not None:
             cells += paper_cells(paper_results, row["paper_key"])
         lines.append(_line(cells))
@@ -64,7 +77,8 @@ def render(document: dict, paper_results: pd.DataFrame | None = None) -> str:
         per_mag = row["test"]["per_magnification"]
         per_mag_ci = row["test"].get("ci", {}).get("per_magnification", {})
         lines.append(_line([row["name"], *[
-            _cell(per_mag.get(m, {}).get(document["rank_by"]), per_mag_ci.get(m, {}).get(document["rank_by"]))
+            _cell(per_mag.get(m, {}).get(document["rank_by"]), per_mag_ci.get(m, {}).get(document["rank_by"]),
+                  per_mag_ci.get(m))
             for m in magnifications
         ]]))
 
@@ -74,7 +88,10 @@ def render(document: dict, paper_results: pd.DataFrame | None = None) -> str:
                          "log loss after"]),
                   _line(["---"] * 7)]
         for row in rows:
-            cal = row["calibration"]
+            cal = row.get("calibration")
+            if cal is None:  # hard voting: votes, not probabilities
+                lines.append(_line([row["name"], *["n/a"] * 6]))
+                continue
             lines.append(_line([
                 row["name"], f"{cal['temperature']:.3f}", cal["fitted_on"],
                 number(cal["test_before"]["ece"]), number(cal["test_after"]["ece"]),
@@ -107,15 +124,15 @@ def _ci_note(document: dict) -> str:
     boot = document.get("bootstrap")
     if not boot:
         return "No confidence intervals (bootstrap resamples = 0)."
-    return (
-        f"Cells: estimate ({boot['level']:.0%} CI: percentile bootstrap over patients, stratified by label, "
-        f"{boot['resamples']} resamples, seed {boot['seed']})."
-    )
+    return f"Cells: estimate ({bootstrap.summary(boot)})."
 
 
-def _cell(value, interval) -> str:
+def _cell(value, interval, block_ci) -> str:
+    """``estimate (low-high)``; ``estimate (no CI)`` where intervals were computed but withheld."""
     if missing(value):
         return "-"
+    if interval is None and block_ci:
+        return f"{value:.3f} (no CI)"
     if not interval or interval[0] is None:
         return f"{value:.3f}"
     return f"{value:.3f} ({interval[0]:.3f}-{interval[1]:.3f})"
@@ -123,7 +140,7 @@ def _cell(value, interval) -> str:
 
 def _mcnemar(row: dict, best: str) -> str:
     if row["kind"] == "member":
-        return "best member" if row["name"] == best else ""
+        return "best member on val" if row["name"] == best else ""
     test = row["mcnemar_vs_best_member"]
     return f"+{test['ensemble_only_correct']}/-{test['member_only_correct']}, p = {test['p_value']:.3g}"
 

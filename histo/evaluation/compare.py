@@ -15,7 +15,9 @@ import yaml
 
 from histo.evaluation.metrics import METRICS
 from histo.evaluation.run_dir import RunDir
+from histo.evaluation.table_format import number
 
+RUN_COLUMNS = ("run", "model", "n_images")  # the columns of every comparison, beside the overrides that differ
 SHOWN = ("accuracy", "balanced_accuracy", "auroc", "f1", "patient_recognition_rate", "patient_vote_accuracy")
 
 
@@ -37,14 +39,20 @@ def overrides(run: RunDir) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items or [] if "=" in item)
 
 
-def comparison(root: str | Path, split: str = "test", sort_by: str = "balanced_accuracy") -> pd.DataFrame:
-    """One row per run under ``root``: run, model, differing overrides, each metric and its interval."""
+def comparison(root: str | Path, split: str = "test", sort_by: str = "balanced_accuracy",
+               sort_split: str = "val") -> pd.DataFrame:
+    """One row per run under ``root``: run, model, differing overrides, each metric of ``split`` and its
+    interval, sorted by ``sort_by`` on ``sort_split`` (val by default: ranking runs by test numbers
+    selects on the numbers that are then reported)."""
     if sort_by not in METRICS:
         raise ValueError(f"sort_by={sort_by!r} is not a metric; use one of {', '.join(METRICS)}.")
+    if {split, sort_split} - {"val", "test"}:
+        raise ValueError(f"split={split!r} and sort_split={sort_split!r} must each be val or test.")
     runs = find_runs(root)
     given = [overrides(r) for r in runs]
     keys = sorted({k for o in given for k in o})
-    differing = [k for k in keys if len({o.get(k) for o in given}) > 1]
+    # a `model=` override is the model column's own choice: shown once, as the run recorded it
+    differing = [k for k in keys if len({o.get(k) for o in given}) > 1 and k not in RUN_COLUMNS]
     rows = []
     for run, over in zip(runs, given, strict=True):
         record = run.record()
@@ -52,23 +60,33 @@ def comparison(root: str | Path, split: str = "test", sort_by: str = "balanced_a
         row = {"run": str(run.path.relative_to(root)) if run.path != Path(root) else ".", "model": record["model"]}
         row |= {k: over.get(k, "") for k in differing}
         row["n_images"] = scores["overall"]["n_images"]
+        row[sort_key(sort_split, sort_by)] = record["metrics"][sort_split]["overall"].get(sort_by)
         for name in METRICS:
             row[name] = scores["overall"].get(name)
-            low, high = scores.get("ci", {}).get("overall", {}).get(name, (None, None))
+            low, high = scores.get("ci", {}).get("overall", {}).get(name) or (None, None)  # None: too few patients
             row[f"{name}_low"], row[f"{name}_high"] = low, high
         rows.append(row)
-    frame = pd.DataFrame(rows).sort_values(sort_by, ascending=False, na_position="last", ignore_index=True)
+    frame = pd.DataFrame(rows).sort_values(sort_key(sort_split, sort_by), ascending=False, na_position="last",
+                                           kind="stable", ignore_index=True)
     frame.attrs["differing"] = differing
+    frame.attrs["sorted_by"] = sort_key(sort_split, sort_by)
     return frame
+
+
+def sort_key(split: str, metric: str) -> str:
+    """The column a comparison is sorted by, e.g. ``val_balanced_accuracy``."""
+    return f"{split}_{metric}"
 
 
 def to_markdown(frame: pd.DataFrame, metrics: tuple[str, ...] = SHOWN) -> str:
     """The comparison as a markdown table: ``estimate [low, high]`` per metric."""
-    columns = ["run", "model", *frame.attrs.get("differing", []), "n_images"]
+    columns = ["run", "model", *frame.attrs.get("differing", []), "n_images",
+               *([frame.attrs["sorted_by"]] if "sorted_by" in frame.attrs else [])]
     header = columns + list(metrics)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in frame.iterrows():
-        cells = [str(row[c]) for c in columns] + [_with_interval(row, m) for m in metrics]
+        cells = [number(row[c]) if isinstance(row[c], float) else str(row[c]) for c in columns]
+        cells += [_with_interval(row, m) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -11,10 +11,15 @@ the argmax of the mean probability of its images and compares it with the patien
 Every metric is computed from per-patient sufficient statistics (a confusion matrix, a share correct
 and a vote per patient) weighted by how often each patient is drawn. The point estimate is the
 weighting "every patient once"; a bootstrap resample is another weighting, so the intervals come
-from the same code as the point estimates, vectorised over resamples (see :mod:`.bootstrap`).
+from the same code as the point estimates, vectorised over resamples (see :mod:`.bootstrap`, whose
+default scheme gives no interval where a class has too few test patients for one to be trusted).
 Training calls :func:`evaluate` with the default 1,000 resamples, so run.json carries CIs: about
 0.1-0.2 s for the paper's 1,182 test images and 82 patients (overall and four magnifications,
 binary task) and about 0.5 s for the 8-class subtype task, on 2 CPU cores.
+
+Scores that are vote shares (hard voting: the share of members voting for each class) support the
+accuracy-type metrics and an AUROC that ranks images by vote share (ties count half), but not
+calibration: ``score="vote_share"`` reports ECE and log loss as None.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ METRICS = (
     "accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auroc",
     "patient_recognition_rate", "patient_vote_accuracy",
 )
+SCORES = ("probability", "vote_share")  # what a prediction file's softmax is
+VOTE_TIE_BREAK = 1e-6  # hard voting nudges a tied vote share by at most this, toward the higher soft mean
 RESAMPLES = 1000  # default bootstrap resamples
 LEVEL = 0.95  # default confidence level
 SEED = 0  # default bootstrap seed
@@ -47,14 +54,16 @@ class PatientTable:
     image_patient: np.ndarray  # (N,) index into ``patients`` of each image
     labels: np.ndarray  # (N,)
     probs: np.ndarray  # (N, C)
+    ranking: np.ndarray  # (N, C) what AUROC ranks images by: ``probs``, or vote shares without their tie-break
 
     @property
     def n_classes(self) -> int:
         return self.probs.shape[1]
 
 
-def patient_table(labels, probs, patients) -> PatientTable:
-    """Per-patient sufficient statistics of images with ``labels`` (N,), ``probs`` (N, C), ``patients`` (N,)."""
+def patient_table(labels, probs, patients, ranking=None) -> PatientTable:
+    """Per-patient sufficient statistics of images with ``labels`` (N,), ``probs`` (N, C), ``patients`` (N,);
+    AUROC ranks images by ``ranking`` (N, C), by default ``probs``."""
     labels = np.asarray(labels, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     ids, image_patient = np.unique(np.asarray(patients).astype(str), return_inverse=True)
@@ -77,6 +86,7 @@ def patient_table(labels, probs, patients) -> PatientTable:
         image_patient=image_patient,
         labels=labels,
         probs=probs,
+        ranking=probs if ranking is None else np.asarray(ranking, dtype=np.float64),
     )
 
 
@@ -115,10 +125,10 @@ def scores(table: PatientTable, weights: np.ndarray | None = None) -> dict[str, 
         }
     image_weights = w[:, table.image_patient]
     if n_classes == 2:
-        out["auroc"] = weighted_auroc(table.probs[:, 1], table.labels == 1, image_weights)
+        out["auroc"] = weighted_auroc(table.ranking[:, 1], table.labels == 1, image_weights)
     else:
         per_class = np.stack(
-            [weighted_auroc(table.probs[:, c], table.labels == c, image_weights) for c in range(n_classes)], axis=1
+            [weighted_auroc(table.ranking[:, c], table.labels == c, image_weights) for c in range(n_classes)], axis=1
         )
         out["auroc"] = _nanmean_rows(per_class)
     n_drawn = w.sum(axis=1)
@@ -160,41 +170,66 @@ def weighted_auroc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray)
         return np.where(pairs > 0, (pos * (below + 0.5 * neg)).sum(axis=1) / pairs, np.nan)
 
 
-def evaluate(frame: pd.DataFrame, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> dict:
+def evaluate(frame: pd.DataFrame, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL,
+             score: str = "probability") -> dict:
     """All metrics of a prediction frame, overall and per magnification, with patient-bootstrap CIs.
 
-    Returns ``{"overall": {...}, "per_magnification": {"40": {...}, ...}}`` where each block is flat:
-    ``n_images``, ``n_patients``, every metric of :data:`METRICS`, ``ece`` and ``log_loss``. With
-    ``resamples > 0`` it adds ``"ci"`` (the same two levels, each metric -> ``[low, high]``) and
-    ``"ci_method"`` (how the intervals were made).
+    Returns ``{"overall": {...}, "per_magnification": {"40": {...}, ...}, "score": score}`` where each
+    block is flat: ``n_images``, ``n_patients``, every metric of :data:`METRICS`, ``ece`` and ``log_loss``
+    (None for ``score="vote_share"``). With ``resamples > 0`` it adds ``"ci"`` (the same two levels, each
+    metric -> ``[low, high]``, or None where the test set has too few patients of a class for an
+    interval) and ``"ci_method"`` (how the intervals were made; ``withheld``: why a block has none).
     """
+    if score not in SCORES:
+        raise ValueError(f"score={score!r} is not valid; use one of {', '.join(SCORES)}.")
     probs = predictions.probabilities(frame)
     labels = frame["label"].to_numpy()
     patients = frame["patient"].astype(str).to_numpy()
+    class_names = predictions.class_names(frame)
+    ranking = vote_shares(probs) if score == "vote_share" else probs
 
     def block(mask):
-        table = patient_table(labels[mask], probs[mask], patients[mask])
+        table = patient_table(labels[mask], probs[mask], patients[mask], ranking[mask])
         point = scores(table)
+        calibrated = score == "probability"
         values = {
             "n_images": int(mask.sum()),
             "n_patients": len(table.patients),
             **{name: float(point[name][0]) for name in METRICS},
-            "ece": calibration.expected_calibration_error(labels[mask], probs[mask]),
-            "log_loss": calibration.log_loss(labels[mask], probs[mask]),
+            "ece": calibration.expected_calibration_error(labels[mask], probs[mask]) if calibrated else None,
+            "log_loss": calibration.log_loss(labels[mask], probs[mask]) if calibrated else None,
         }
         if resamples <= 0:
-            return values, None
-        weights = bootstrap.patient_weights(table.patient_label, resamples, seed)
-        return values, bootstrap.percentile_intervals(scores(table, weights), level)
+            return values, None, None
+        return (values, *confidence_intervals(table, resamples, seed, level, class_names))
 
     blocks = {"overall": block(np.ones(len(frame), dtype=bool))}
     magnifications = frame["magnification"].to_numpy()
     per_mag = {str(m): block(magnifications == m) for m in sorted(np.unique(magnifications))}
-    out = {"overall": blocks["overall"][0], "per_magnification": {m: v for m, (v, _) in per_mag.items()}}
+    out = {"overall": blocks["overall"][0], "per_magnification": {m: v for m, (v, _, _) in per_mag.items()},
+           "score": score}
     if resamples > 0:
-        out["ci"] = {"overall": blocks["overall"][1], "per_magnification": {m: ci for m, (_, ci) in per_mag.items()}}
-        out["ci_method"] = bootstrap.describe(resamples, seed, level)
+        out["ci"] = {"overall": blocks["overall"][1], "per_magnification": {m: ci for m, (_, ci, _) in per_mag.items()}}
+        out["ci_method"] = {**bootstrap.describe(resamples, seed, level), "withheld": {
+            "overall": blocks["overall"][2], "per_magnification": {m: why for m, (_, _, why) in per_mag.items()}}}
     return out
+
+
+def confidence_intervals(table: PatientTable, resamples: int, seed: int, level: float, class_names=None,
+                         names=METRICS) -> tuple[dict[str, list[float | None] | None], str | None]:
+    """Each metric's interval (:data:`bootstrap.DEFAULT`), or None and the reason when the test set has
+    too few patients of a class for an interval to mean what it says."""
+    return bootstrap.intervals(lambda w: {k: v for k, v in scores(table, w).items() if k in names},
+                               table.patient_label, resamples, seed, level, class_names=class_names)
+
+
+def vote_shares(probs: np.ndarray) -> np.ndarray:
+    """Vote shares as hard voting writes them, without the tie-break nudge (:data:`VOTE_TIE_BREAK`): rounded to 4 places.
+
+    >>> vote_shares(np.array([[1 / 3 + 1e-7, 2 / 3 - 1e-7]])).tolist()
+    [[0.3333, 0.6667]]
+    """
+    return np.round(probs, 4)
 
 
 def _ratio(num, den, undefined=np.nan):

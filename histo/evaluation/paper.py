@@ -1,5 +1,5 @@
 """The paper (Kalati et al. 2025): its ten models in its order, and its printed test numbers
-(PAPER.md section 4), kept once, as data.
+(its results table), kept once, as data.
 
 ``paper_kalati2025.csv`` holds one row per model or ensemble of the paper, keyed by our names:
 model names (``v1_b0`` ... ``v2_s``), ``<ensemble> <method>`` for ensembles (``v1 soft`` = the
@@ -19,7 +19,8 @@ PAPER_FILE = Path(__file__).with_name("paper_kalati2025.csv")
 SOURCE = "Kalati et al. 2025, test split 1: image-level split, n = 1182 (812 malignant / 370 benign)"
 CAVEAT = (
     "The paper's split is by image: every test patient also has images in train, so its numbers measure "
-    "within-patient interpolation and are not comparable with a patient-disjoint split (PAPER.md section 6)."
+    "within-patient interpolation and are not comparable with a patient-disjoint split (README.md, section "
+    "'Reproducing the paper')."
 )
 
 # the paper's order: V1 B0-B4, then V2 B0, B1, B2, B3, S (tables, montages and make paper follow it)

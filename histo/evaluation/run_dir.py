@@ -5,6 +5,7 @@
     <run>/predictions/{val,test}.csv
     <run>/features/{val,test}.npy  penultimate features (predict.features=true)
     <run>/checkpoints/*.ckpt       the best checkpoint is named in run.json
+    <run>/csv/metrics.csv          per-epoch training log (always written, whatever the logger)
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ class RunDir:
     @property
     def split_path(self) -> Path:
         return self.path / "split.csv"
+
+    @property
+    def training_log_path(self) -> Path:
+        """The per-epoch CSV log every run writes, whatever else it logs to (learning curves)."""
+        return self.path / "csv" / "metrics.csv"
 
     def predictions_path(self, split: str) -> Path:
         return self.path / "predictions" / f"{split}.csv"

@@ -25,6 +25,10 @@ DEFINITIONS = (
 )
 
 
+VOTES_NOTE = ("Hard voting outputs votes, not probabilities: ECE, log loss and temperature are n/a; its AUROC (*) "
+              "ranks images by the share of members voting for the positive class, ties counted half.")
+
+
 def missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 

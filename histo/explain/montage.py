@@ -23,10 +23,14 @@ IMAGE_WEIGHT = 0.5  # share of the image in an overlay (the rest is the JET heat
 RIGHT, WRONG = "#1a9850", "#d73027"
 
 
-def overlay(image: np.ndarray, cam: np.ndarray, image_weight: float = IMAGE_WEIGHT) -> np.ndarray:
-    """uint8 RGB (H, W, 3) with a [0, 1] map (H, W) drawn on it as a JET heatmap (red = high)."""
+def overlay(image: np.ndarray, cam: np.ndarray, image_weight: float = IMAGE_WEIGHT, flat: bool = False) -> np.ndarray:
+    """uint8 RGB (H, W, 3) with a [0, 1] map (H, W) drawn on it as a JET heatmap (red = high). A ``flat`` map
+    (no spatial signal) is not drawn: the image is greyed instead, so no uniform wash passes for a heatmap."""
     if cam.shape != image.shape[:2]:
         raise ValueError(f"CAM {cam.shape} and image {image.shape[:2]} differ in size.")
+    if flat:
+        grey = image.astype(np.float32).mean(axis=2, keepdims=True)
+        return np.repeat(0.4 * grey + 0.6 * 255, 3, axis=2).round().astype(np.uint8)
     return show_cam_on_image(image.astype(np.float32) / 255.0, cam.astype(np.float32), use_rgb=True,
                              colormap=cv2.COLORMAP_JET, image_weight=image_weight)
 
@@ -71,7 +75,7 @@ def render_montage(
     class_names: list[str],
     title: str,
     method_line: str,
-    tile_inches: float = 2.1,
+    tile_inches: float = 1.4,
     dpi: int = 110,
 ) -> Path:
     """Write the montage of one image: the evaluation input, then one tile per model, rows by family.
@@ -87,7 +91,9 @@ def render_montage(
     verdict = "right" if pred == label else "WRONG"
     mean_line = (f"mean of {len(tiles)} model{'s' if len(tiles) > 1 else ''}: pred {class_names[pred]} "
                  f"{fmt_prob(mean[pred])}, true {class_names[label]} {fmt_prob(mean[label])}  ->  {verdict}")
-    gap, above, below, bar = 0.3, 0.3, 0.72, 0.15  # inches: between tiles, tile title, text under, colour bar
+    # inches: between tiles, tile title, text under, colour bar. Ten models (2 x 5 and the input) make a montage
+    # 10.9 in (1,200 px) wide: shown 1:1 in a 1280 px window, its text stays readable
+    gap, above, below, bar = 0.2, 0.3, 0.72, 0.15
     grid_width = ncols * tile_inches + (ncols - 1) * gap + 0.25 + bar + 0.8
     width = max(grid_width + 0.3, 7.0)
     chars = int(width * 72 / (10.5 * 0.58))  # characters of the heading font per line
@@ -113,7 +119,7 @@ def render_montage(
             _frame(ax, None)
             ax.set_title("input", fontsize=10, fontweight="bold")
             note = f", {row[0].input_note}" if row[0].input_note else ""
-            ax.set_xlabel(f"{shown.shape[0]} px{note}, as {row[0].label} sees it", fontsize=8.5)
+            ax.set_xlabel(f"{shown.shape[0]} px{note},\nas {row[0].label} sees it", fontsize=8.5, linespacing=1.3)
         for c, tile in enumerate(row):
             ax = axes(r, c + 1)
             ax.imshow(tile.overlay)
@@ -121,10 +127,11 @@ def render_montage(
             colour = RIGHT if p == label else WRONG
             _frame(ax, colour)
             ax.set_title(tile.label, fontsize=10, fontweight="bold", color=colour)
+            if tile.flat:
+                ax.text(0.5, 0.5, "flat map:\nno spatial\nsignal", transform=ax.transAxes, ha="center", va="center",
+                        fontsize=9.5, color="#333", bbox={"facecolor": "white", "edgecolor": "#999", "alpha": 0.9})
             lines = [f"pred {class_names[p]}: {fmt_prob(tile.probs[p])}",
                      f"true {class_names[label]}: {fmt_prob(tile.probs[label])}"]
-            if tile.flat:
-                lines.append("flat map: no spatial signal")
             ax.set_xlabel("\n".join(lines), fontsize=8.5, linespacing=1.3)
     top = height - head - above
     bottom = height - head - (len(rows) - 1) * row_height - above - tile_inches

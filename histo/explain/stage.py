@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from histo.evaluation import predictions
 from histo.evaluation.json_file import write_json
@@ -73,20 +74,25 @@ def run_explain(
     log.info("Explaining %d image(s) with %d model(s) (%s at %s): %s", len(selected), len(explained), method, layer, how)
 
     entries = []
+    progress = tqdm(total=len(selected) * (len(explained) + 1), unit="step", desc=method)  # per image: each map, the montage
     for start in range(0, len(selected), batch_size):
         chunk = selected.iloc[start:start + batch_size]
         labels = chunk["label"].to_numpy()
         per_run = {}
         for run in explained:
+            progress.set_postfix_str(f"images {start + 1}-{start + len(chunk)}: {run.label}")
             inputs = evaluation_inputs(run.inputs, chunk["image"].tolist())
             x = models[run.name].preprocess(torch.from_numpy(inputs).permute(0, 3, 1, 2).to(device))
             result = compute_cams(models[run.name], x, labels if target == "true" else None, method, layer)
             per_run[run.name] = (inputs, result)
+            progress.update(len(chunk))
+        progress.set_postfix_str(f"images {start + 1}-{start + len(chunk)}: montages")
         for i, row in enumerate(chunk.itertuples(index=False)):
             stem = stems[start + i]
             entries.append(_explain_image(out, row, stem, explained, per_run, i, class_names, method, layer,
                                           target, image_weight, reference))
-        log.info("  %d/%d images", min(start + batch_size, len(selected)), len(selected))
+            progress.update(1)
+    progress.close()
 
     mismatched = [e for e in entries if (e["max_abs_diff_vs_prediction_file"] or 0) > PROB_TOLERANCE]
     if mismatched:
@@ -123,7 +129,7 @@ def _explain_image(out: Path, row, stem: str, runs: list[ExplainRun], per_run: d
     for run in runs:
         inputs, result = per_run[run.name]
         p = predictions.softmax(result.logits[i])
-        picture = overlay(inputs[i], result.maps[i], image_weight)
+        picture = overlay(inputs[i], result.maps[i], image_weight, flat=bool(result.flat[i]))
         overlays[run.name] = save_png(picture, out / "overlays" / run.name / f"{stem}.png").relative_to(out).as_posix()
         stain = run.inputs.stain_method
         tiles.append(Tile(run.label, run.family, picture, inputs[i], p, bool(result.flat[i]),

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 
 import timm
 import torch
 from timm.layers import freeze_batch_norm_2d
 
+from histo.models import weights as local_weights
+from histo.models.errors import ModelError
 
-class ModelError(ValueError):
-    """A model that cannot be built; the message names the config key and what to do."""
+log = logging.getLogger(__name__)
 
 
 def create_backbone(
@@ -24,32 +25,31 @@ def create_backbone(
 ) -> torch.nn.Module:
     """A timm model whose head is global average pooling, dropout ``drop_rate`` and a linear layer.
 
-    ``weights`` (a local timm/PyTorch state dict: .pth, .bin or .safetensors) takes precedence over
-    ``pretrained``, which downloads ImageNet weights through timm. The ImageNet classifier is dropped
-    either way. With ``freeze_bn`` every BatchNorm keeps its ImageNet statistics and affine
+    With ``pretrained`` the ImageNet weights come from ``weights`` (a local state dict in timm, torchvision
+    or efficientnet_pytorch naming, .pth, .bin or .safetensors, or ``package:<pip name>``: see
+    :mod:`histo.models.weights`) or, when it is null or names a package that is not installed, are
+    downloaded through timm; without ``pretrained`` the network starts from random (``weights`` is not
+    read). The ImageNet classifier is dropped either way. With ``freeze_bn`` every BatchNorm keeps its ImageNet statistics and affine
     parameters (timm's FrozenBatchNorm), as the paper did. ``frozen_layers`` keeps the first that
     many parameterised layers (convolutions, in network order, BatchNorm not counted) frozen.
     """
     if not timm.is_model(timm_name):
         raise ModelError(f"model.timm_name={timm_name!r} is not a timm model; see timm.list_models('*efficientnet*').")
-    kwargs = {}
-    if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise ModelError(f"model.weights={weights!r} is not a file.")
-        kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
-    elif pretrained:
-        kwargs = {"pretrained": True}
+    path = local_weights.resolve(str(weights)) if weights and pretrained else None
+    if weights and pretrained and path is None:
+        log.warning("model.weights=%s: that package is not installed, so the ImageNet weights are downloaded "
+                    "through timm.", weights)
     try:
-        model = timm.create_model(timm_name, num_classes=num_classes, drop_rate=drop_rate, **kwargs)
+        model = timm.create_model(timm_name, num_classes=num_classes, drop_rate=drop_rate,
+                                  pretrained=bool(pretrained and path is None))
     except Exception as err:
-        if weights:
-            raise ModelError(f"Could not load model.weights={weights!r} into {timm_name}: {err}") from err
         raise ModelError(
             f"Could not download the pretrained weights of {timm_name} ({type(err).__name__}: {err}). "
             "Without internet, fetch them elsewhere (e.g. the Hugging Face repo timm/"
             f"{timm_name}) and pass model.weights=<file>, or train from scratch with model.pretrained=false."
         ) from err
+    if path is not None:
+        local_weights.load(model, path, f"model.weights={weights!r}")
     freeze_leading_layers(model, frozen_layers)
     return freeze_batch_norm_2d(model) if freeze_bn else model
 

@@ -1,16 +1,23 @@
-"""The report's gallery of misclassified images: what each row said about them, the image as the
-models saw it (:func:`histo.explain.inputs.evaluation_inputs`) and, where histo-explain was run on
-them, their Grad-CAM montage."""
+"""The report's gallery of misclassified images: what each row said about them, the original image beside
+the image as the first run's model saw it (:func:`histo.explain.inputs.evaluation_inputs`) and, where
+histo-explain was run on them, their Grad-CAM montage.
+
+The images are ranked as histo-explain ranks them (:func:`histo.evaluation.predictions.most_wrong_first`
+over the single-model rows, which are the runs explain reads), so a ``max_images=N`` explain run gives
+montages to the first N cards."""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
+from histo.data.dataset import read_rgb
 from histo.evaluation import predictions
 from histo.explain.errors import ExplainError
 from histo.explain.inputs import evaluation_inputs, run_inputs
@@ -22,11 +29,13 @@ EXPLAIN_DIR = "explain"  # conventional place of a histo-explain output inside a
 
 
 def misclassified(rows, class_names: list[str]) -> list[dict]:
-    """Images that any row classifies wrongly, most often and most confidently wrong first."""
+    """Images that any row classifies wrongly: first those the single-model rows get wrong, most often and most
+    confidently wrong first (histo-explain's order over the same runs), then those only ensembles get wrong."""
     frame = rows[0].frame
     labels = frame["label"].to_numpy()
     probs = np.stack([predictions.probabilities(r.frame) for r in rows])  # (rows, N, C)
-    wrong, order = predictions.most_wrong_first([r.frame for r in rows])
+    wrong, _ = predictions.most_wrong_first([r.frame for r in rows])
+    _, order = predictions.most_wrong_first([r.frame for r in rows if r.kind == "model"] or [r.frame for r in rows])
     p_true = probs[:, np.arange(len(labels)), labels]
     out = []
     for i in order:
@@ -81,27 +90,45 @@ def _manifest(directory: Path) -> dict:
         return {}
 
 
-def thumbnails(rows, images: list[str], out: Path, size: int, data_root=None) -> tuple[dict[str, Path], str | None]:
-    """The images as the first model row's run saw them, saved as ``out/<stem>.png`` (at most ``size`` px);
-    returns image -> file, and why there are none (or None)."""
-    runs = [r.run for r in rows if r.run is not None] + [m for r in rows for m in r.members]
+@dataclass(frozen=True)
+class Thumb:
+    """A gallery image: the original (at most the thumbnail width, never enlarged) and the model's input."""
+
+    original: Path
+    original_size: tuple[int, int]  # (width, height) of the image file
+    input: Path
+    input_size: int  # the model's square input, in pixels
+    seen_by: str  # the run whose input it is, e.g. V1-B0
+    stain: str  # its stain normalization ("none" when there is none)
+
+
+def thumbnails(rows, images: list[str], out: Path, width: int, data_root=None) -> tuple[dict[str, Thumb], str | None]:
+    """For each image: the original at most ``width`` px wide, as ``out/<stem>.png``, and the input of the first
+    model row's run (its size, interpolation and stain normalization), as ``out/<stem>_input.png`` (at most
+    as tall as the original's thumbnail). Returns image -> :class:`Thumb`, and why there are none (or None)."""
     if not images:
         return {}, None
+    runs = [(r.name, r.run) for r in rows if r.run is not None] + [(m.name, m) for r in rows for m in r.members]
     if not runs:
         return {}, "no run directory to read the images' evaluation input from."
     try:
-        inputs = run_inputs(runs[0], data_root)
-        pictures = evaluation_inputs(inputs, images)
+        inputs = run_inputs(runs[0][1], data_root)
+        pictures = [evaluation_inputs(inputs, [image])[0] for image in tqdm(images, unit="img", desc="gallery")]
     except ExplainError as error:
         log.warning("Gallery without images: %s", error)
         return {}, str(error)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for image, picture in zip(images, pictures, strict=True):
-        thumb = Image.fromarray(picture)
-        if max(thumb.size) > size:
-            thumb = thumb.resize((size, size), Image.Resampling.LANCZOS)
-        path = out / f"{Path(image).stem}.png"
-        thumb.save(path)
-        files[image] = path
+        original = Image.fromarray(read_rgb(inputs.root / image))
+        size = original.size
+        original.thumbnail((width, width), Image.Resampling.LANCZOS)
+        model_input = Image.fromarray(picture)
+        if model_input.height > original.height:
+            model_input = model_input.resize((original.height, original.height), Image.Resampling.LANCZOS)
+        stem = Path(image).stem
+        original.save(out / f"{stem}.png")
+        model_input.save(out / f"{stem}_input.png")
+        files[image] = Thumb(out / f"{stem}.png", size, out / f"{stem}_input.png", inputs.image_size, runs[0][0],
+                             inputs.stain_method)
     return files, None

@@ -8,21 +8,23 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from histo.evaluation import bootstrap, metrics, predictions
+from histo.evaluation import metrics, predictions
 
 
 def row_numbers(frame: pd.DataFrame, resamples: int = metrics.RESAMPLES, seed: int = metrics.SEED,
-                level: float = metrics.LEVEL) -> dict:
-    """``evaluate`` of the frame plus ``per_subtype``, ``per_patient``, ``confusion`` and (binary) ``roc``."""
+                level: float = metrics.LEVEL, score: str = "probability") -> dict:
+    """``evaluate`` of the frame plus ``per_subtype``, ``per_patient``, ``confusion`` and (binary) ``roc``
+    (of the vote share for ``score="vote_share"``)."""
     probs = predictions.probabilities(frame)
     labels = frame["label"].to_numpy()
     patients = frame["patient"].astype(str).to_numpy()
     pred = probs.argmax(axis=1)
     n_classes = probs.shape[1]
-    out = metrics.evaluate(frame, resamples=resamples, seed=seed, level=level)
+    out = metrics.evaluate(frame, resamples=resamples, seed=seed, level=level, score=score)
     subtypes = frame["subtype"].astype(str).to_numpy()
     out["per_subtype"] = {
-        s: subset_accuracy(labels, probs, patients, subtypes == s, resamples, seed, level) for s in sorted(set(subtypes))
+        s: subset_accuracy(labels, probs, patients, subtypes == s, resamples, seed, level, predictions.class_names(frame))
+        for s in sorted(set(subtypes))
     }
     table = metrics.patient_table(labels, probs, patients)
     first = pd.DataFrame({"patient": patients, "subtype": subtypes, "label": labels}).groupby("patient").first()
@@ -36,18 +38,20 @@ def row_numbers(frame: pd.DataFrame, resamples: int = metrics.RESAMPLES, seed: i
     np.add.at(confusion, (labels, pred), 1)
     out["confusion"] = confusion.tolist()
     if n_classes == 2 and len(np.unique(labels)) == 2:
-        fpr, tpr, _ = roc_curve(labels, probs[:, 1])
+        ranking = metrics.vote_shares(probs) if score == "vote_share" else probs
+        fpr, tpr, _ = roc_curve(labels, ranking[:, 1])
         out["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
     return out
 
 
-def subset_accuracy(labels, probs, patients, mask, resamples: int, seed: int, level: float) -> dict:
+def subset_accuracy(labels, probs, patients, mask, resamples: int, seed: int, level: float, class_names=None) -> dict:
     """Accuracy of the images in ``mask``, with its patient-bootstrap interval (as :func:`metrics.evaluate`)."""
     table = metrics.patient_table(labels[mask], probs[mask], patients[mask])
     point = metrics.scores(table)["accuracy"][0]
     out = {"n_images": int(mask.sum()), "n_patients": len(table.patients), "accuracy": float(point)}
     if resamples > 0:
-        weights = bootstrap.patient_weights(table.patient_label, resamples, seed)
-        out["ci"] = bootstrap.percentile_intervals({"accuracy": metrics.scores(table, weights)["accuracy"]},
-                                                   level)["accuracy"]
+        found, why = metrics.confidence_intervals(table, resamples, seed, level, class_names, names=("accuracy",))
+        out["ci"] = found["accuracy"]
+        if why:
+            out["ci_withheld"] = why
     return out

@@ -39,6 +39,8 @@ class Row:
     run: Path | None = None  # the run directory (models only): training log, evaluation input
     record: dict = field(default_factory=dict, repr=False)
     members: list[Path] = field(default_factory=list)  # ensembles: the member runs that exist
+    score: str = "probability"  # what the prediction file's softmax is: probability or vote_share (hard voting)
+    warnings: list[str] = field(default_factory=list)  # ensembles: what the ensemble stage warned of
 
     @property
     def fingerprint(self) -> str | None:
@@ -46,7 +48,7 @@ class Row:
 
     @property
     def curves_path(self) -> Path | None:
-        return None if self.run is None else self.run / "csv" / "metrics.csv"
+        return None if self.run is None else RunDir(self.run).training_log_path
 
 
 def load_rows(paths, split: str = "test", ensemble_members: bool = True) -> list[Row]:
@@ -115,7 +117,9 @@ def _ensemble_rows(path: Path, split: str) -> tuple[list[Row], list[Path]]:
             raise ReportError(f"Ensemble {path}, method {method}: {error}") from error
         rows.append(Row(entry.get("row", f"{document.get('name', 'ensemble')} {method}"), "ensemble",
                         frame.sort_values("image", ignore_index=True), path, entry.get("row", ""), split_info,
-                        document.get("task") or "binary", record=entry, members=members))
+                        document.get("task") or "binary", record=entry, members=members,
+                        score=(entry.get("test") or {}).get("score", "probability"),
+                        warnings=list(document.get("warnings") or [])))
     return rows, members
 
 

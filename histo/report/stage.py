@@ -13,10 +13,12 @@ import logging
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from histo.data.breakhis import SUBTYPES
 from histo.evaluation import bootstrap, metrics, paper, predictions
 from histo.evaluation.json_file import write_json
-from histo.evaluation.table_format import DEFINITIONS
+from histo.evaluation.table_format import DEFINITIONS, VOTES_NOTE
 from histo.report import gallery as gallery_mod
 from histo.report import plots
 from histo.report.numbers import row_numbers
@@ -25,6 +27,8 @@ from histo.report.sources import ReportError, load_rows
 
 log = logging.getLogger("histo.report")
 COMPARE_TO = (None, "paper")
+PLOT_FILES = {"curves": "learning_curves", "roc": "roc", "confusion": "confusion", "magnification": "per_magnification",
+              "subtype": "per_subtype", "patient": "per_patient"}
 
 
 def run_report(
@@ -37,7 +41,7 @@ def run_report(
     rank_by: str = "balanced_accuracy",
     ensemble_members: bool = True,
     gallery_max: int = 40,
-    thumbnail: int = 192,
+    thumbnail: int = 240,
     data_root=None,
     resamples: int = metrics.RESAMPLES,
     level: float = metrics.LEVEL,
@@ -55,7 +59,8 @@ def run_report(
     class_names = predictions.class_names(rows[0].frame)
     colour = plots.colours([r.name for r in rows])
     log.info("Report on %d row(s): %s", len(rows), ", ".join(r.name for r in rows))
-    numbers = {r.name: row_numbers(r.frame, resamples, seed, level) for r in rows}
+    numbers = {r.name: row_numbers(r.frame, resamples, seed, level, r.score)
+               for r in tqdm(rows, unit="row", desc=f"metrics, {resamples} bootstrap resamples")}
 
     plot_dir = out / "plots"
     positive = class_names[1] if len(class_names) == 2 else None
@@ -63,31 +68,43 @@ def run_report(
     magnifications = sorted({m for r in rows for m in numbers[r.name]["per_magnification"]}, key=int)
     subtypes = sorted({s for r in rows for s in numbers[r.name]["per_subtype"]},
                       key=lambda s: (SUBTYPES.get(s, ("", ""))[0], s))
-    plot_paths = {
-        "curves": plots.learning_curves(curves, colour, plot_dir / "learning_curves.png"),
-        "roc": plots.roc_curves(rows, numbers, colour, positive, plot_dir / "roc.png") if positive else None,
-        "confusion": plots.confusion_matrices(rows, numbers, colour, class_names, plot_dir / "confusion.png"),
-        "magnification": plots.per_group(
-            rows, numbers, colour, "per_magnification", {m: _group_label(f"{m}x", rows[0].frame, "magnification", int(m))
-                                                         for m in magnifications},
-            "Accuracy per magnification", "magnification", "accuracy", plot_dir / "per_magnification.png"),
-        "subtype": plots.per_group(
+    ranking = {"auroc": "AUROC", "f1": "F1"}.get(rank_by, rank_by.replace("_", " ").capitalize())
+    figures = {  # section -> how to draw it; drawn one by one below, with progress
+        "curves": lambda path: plots.learning_curves(curves, colour, path),
+        "roc": lambda path: plots.roc_curves(rows, numbers, colour, positive, path) if positive else None,
+        "confusion": lambda path: plots.confusion_matrices(rows, numbers, colour, class_names, path),
+        "magnification": lambda path: plots.per_group(
+            rows, numbers, colour, "per_magnification",
+            {m: _group_label(f"{m}x", rows[0].frame, "magnification", int(m)) for m in magnifications},
+            f"{ranking} per magnification (the metric that ranks the table, as in histo-ensemble)",
+            rank_by, path),
+        "subtype": lambda path: plots.per_group(
             rows, numbers, colour, "per_subtype", {s: _subtype_label(s, rows[0].frame) for s in subtypes},
-            "Accuracy per subtype (benign subtypes first)", "subtype", "accuracy", plot_dir / "per_subtype.png"),
-        "patient": plots.per_patient(rows, numbers, colour, class_names, plot_dir / "per_patient.png"),
+            "Accuracy per subtype (benign subtypes first)", "accuracy", path),
+        "patient": lambda path: plots.per_patient(rows, numbers, colour, class_names, path),
     }
+    plot_paths = {key: draw(plot_dir / f"{PLOT_FILES[key]}.png")
+                  for key, draw in tqdm(figures.items(), unit="plot", desc="plots")}
     ci_text = _ci_text(resamples, seed, level)
     notes = {
-        "curves": ("Per epoch, from each run's CSV log: validation solid, training dotted; the star marks the "
-                   "checkpoint whose predictions are reported. Ensembles have no training curves."
-                   if plot_paths["curves"] else "No training logs found (csv/metrics.csv of the runs; logger=csv)."),
-        "roc": (f"Positive class {positive}; AUROC with its {ci_text}. Ensembles dashed."
+        "curves": ("Per epoch (counted from 0, as in the checkpoint names best-epochNNN), from each run's CSV log: "
+                   "validation solid with filled dots, training dotted with open dots; the star marks the checkpoint "
+                   "whose predictions are reported. With a few epochs the runs sit side by side around each epoch. "
+                   "Ensembles have no training curves."
+                   if plot_paths["curves"] else "No training logs found (csv/metrics.csv of the runs)."),
+        "roc": (f"Positive class {positive}; AUROC with its {ci_text}. Ensembles dashed; identical curves are drawn "
+                "with alternating dashes of their colours and labelled 'same curve as'."
+                + (" One panel for the single models and one per ensemble output." if len(plots.roc_groups(rows)) > 1
+                   else "")
+                + (" Hard voting: the ROC curve of the vote share." if any(r.score == "vote_share" for r in rows)
+                   else "")
                 if positive else "ROC curves are drawn for the binary task only."),
         "confusion": "Rows: true class; columns: predicted. Colour: share of the true class (recall per class).",
-        "magnification": f"Accuracy with its {ci_text}. Ensembles as diamonds.",
+        "magnification": f"{ranking} with its {ci_text}; n = images (patients). Ensembles as diamonds.",
         "subtype": f"Accuracy of the images of each subtype with its {ci_text}; n = images (patients).",
-        "patient": (f"Each {split} patient's images classified correctly (correct/total); the patient recognition "
-                    "rate in the metrics table is the mean of these shares."),
+        "patient": (f"Each {split} patient's share of images classified correctly (cells say correct/total while they "
+                    "are wide enough; metrics.json has every count); the patient recognition rate in the metrics "
+                    "table is the mean of these shares."),
     }
 
     wrong = gallery_mod.misclassified(rows, class_names)
@@ -97,7 +114,9 @@ def run_report(
     montages = gallery_mod.find_montages(gallery_mod.explain_dirs(explain, rows))
     gallery_note = (f"{n_wrong} {split} image(s) misclassified by at least one row"
                     + (f"; the {len(shown)} most often and most confidently wrong are shown" if n_wrong > len(shown) else "")
-                    + ". Images as the first run saw them (its size, interpolation and stain normalization)."
+                    + ". Each image as stored, beside the input of the first run's model (its size, interpolation "
+                      "and stain normalization); ranked as histo-explain ranks them (single models: most often, then "
+                      "most confidently wrong), then the images only ensembles get wrong."
                     + (f" No images: {why}" if why else "")
                     + (f" Grad-CAM montages for {sum(w['image'] in montages for w in shown)} of them (histo-explain)."
                        if montages else " No Grad-CAM montages: run histo-explain (out=<run dir>/explain) or pass explain=<dir>."))
@@ -120,9 +139,20 @@ def run_report(
     if leaked:
         warnings.append(f"{leaked} test patient(s) also have images in train (split "
                         f"{first.split.get('strategy')}): these numbers measure within-patient interpolation.")
+    for row in rows:
+        warnings += [f"Ensemble {row.source.name}: {w}" for w in row.warnings
+                     if f"Ensemble {row.source.name}: {w}" not in warnings]
     if compare_to == "paper":
         warnings.append(f"Paper columns: {paper.SOURCE}. {paper.CAVEAT}")
     definitions = [DEFINITIONS]
+    if any(r.score == "vote_share" for r in rows):
+        definitions.append(VOTES_NOTE)
+    withheld = next((why for r in rows if (why := numbers[r.name].get("ci_method", {}).get("withheld", {}).get(
+        "overall"))), None)
+    if withheld:
+        definitions.append(bootstrap.withheld_note(withheld))
+    elif any(bootstrap.any_missing(numbers[r.name].get("ci")) for r in rows):
+        definitions.append(bootstrap.NO_CI)
     report = Report(
         title=title or f"histo report: {_count(rows, 'model', 'model')}{_count(rows, 'ensemble', 'ensemble method', ', ')}"
                         f" on the {split} split",
@@ -171,5 +201,4 @@ def _group_label(title: str, frame, column: str, value) -> str:
 def _ci_text(resamples: int, seed: int, level: float) -> str:
     if resamples <= 0:
         return "no confidence interval (bootstrap resamples = 0)"
-    return (f"{level:.0%} percentile interval from {resamples} bootstrap resamples of patients "
-            f"(stratified by label, seed {seed})")
+    return bootstrap.summary(bootstrap.describe(resamples, seed, level))
