@@ -1,7 +1,8 @@
 """Compare the runs of a sweep: ``histo-compare <multirun dir> [--sort METRIC] [--sort-split val|test] [--split test|val]``.
 
-Prints a table (one row per run: the overrides that differ, metrics with 95 % intervals) and writes
-it as ``compare.md`` and ``compare.csv`` into the directory (or ``--out``).
+Prints a table (one row per run: the overrides that differ, metrics with 95 % intervals; unfinished
+and broken runs with their state) and writes it as ``compare.md`` and ``compare.csv`` into the
+directory (or ``--out``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from histo.command import USAGE_STATUS
 from histo.evaluation.compare import comparison, to_markdown
 from histo.evaluation.metrics import METRICS
 
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         frame = comparison(args.root, args.split, args.sort, args.sort_split)
     except (FileNotFoundError, ValueError) as error:
         print(f"histo-compare: {error}", file=sys.stderr)
-        return 1
+        return USAGE_STATUS
     table = to_markdown(frame)
     out = args.out or args.root
     out.mkdir(parents=True, exist_ok=True)

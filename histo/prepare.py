@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from histo import CONF_DIR
+from histo.command import UserError, hydra_command
+from histo.config_check import check_prepare_config
 from histo.data.cache import ImageCache, ensure
 from histo.data.datamodule import load_data, loader_workers
 from histo.stain.methods import fit_from_config
@@ -34,17 +35,18 @@ def model_sizes(models=None, sizes=()) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     for name in names:
         if name not in available:
-            raise ValueError(f"models: {name!r} is not a model; use all or a list of {', '.join(available)}.")
+            raise UserError(f"models: {name!r} is not a model; use all or a list of {', '.join(available)}.")
         out.setdefault(int(OmegaConf.load(MODEL_DIR / f"{name}.yaml").image_size), []).append(name)
     for size in sizes or ():
         out.setdefault(int(size), []).append(f"{size}px")
     if not out:
-        raise ValueError("Nothing to prepare: give models=all, models=[v1_b0,...] or sizes=[...].")
+        raise UserError("Nothing to prepare: give models=all, models=[v1_b0,...] or sizes=[...].")
     return dict(sorted(out.items()))
 
 
 def prepare(cfg: DictConfig) -> dict[int, tuple[ImageCache, str]]:
     """Make sure a valid cache exists for each size; returns size -> (cache, what happened)."""
+    check_prepare_config(cfg)
     wanted = model_sizes(cfg.models, cfg.sizes)
     data = load_data(cfg.data, cfg.split, cfg.paths.synthetic_dir)
     stain = fit_from_config(cfg.stain, data.index.root, data.split.images("train"))
@@ -70,7 +72,7 @@ def table(caches: dict[int, tuple[ImageCache, str]], wanted: dict[int, list[str]
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")
+@hydra_command("prepare", prog="histo-prepare")
 def main(cfg: DictConfig) -> None:
     prepare(cfg)
 

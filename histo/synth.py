@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import logging
 
-import hydra
 from omegaconf import DictConfig
 
-from histo import CONF_DIR
+from histo.command import hydra_command
 from histo.data.breakhis import build_index
 from histo.data.synthetic import SyntheticSpec, write_dataset
 
 log = logging.getLogger("histo.synth")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="synth")
+@hydra_command("synth", prog="histo-synth")
 def main(cfg: DictConfig) -> None:
     spec = SyntheticSpec(**{k: v for k, v in cfg.items() if k not in ("out", "overwrite", "workers")})
     root = write_dataset(cfg.out, spec, overwrite=cfg.overwrite, workers=cfg.workers)

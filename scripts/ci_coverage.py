@@ -90,7 +90,7 @@ def coverage_cell(n_benign: int, n_malignant: int, n_images: int, schemes: dict[
             found, _ = bootstrap.intervals(statistic, table.patient_label, args.resamples, seed * 100_003 + sim,
                                            args.level, scheme)
             for metric in SHOWN:
-                low, high = found[metric]
+                low, high = found[metric] or (None, None)  # None: withheld, or every resample alike
                 ok = low is not None and high is not None and high > low
                 covered[name, metric].append(ok and low <= truth[metric] <= high)
                 width[name, metric].append(high - low if ok else 0.0)

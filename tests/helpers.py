@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -77,3 +81,30 @@ def binary_run(path: Path, model: str, meta: dict[str, pd.DataFrame], skill: dic
         "split": {"strategy": "patient", "fingerprint": "0123456789abcdef"}, "stain": {"method": "none"},
     })
     return path
+
+
+class KillAfterEpochs(pl.Callback):
+    """``kill -9`` its own process at the end of training epoch ``epochs``, after checkpoints/last.ckpt is
+    written: an interrupted run at a known point (``+callbacks.kill._target_=helpers.KillAfterEpochs``)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 == self.epochs:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class WaitForFile(pl.Callback):
+    """Block at the end of the first training epoch until ``path`` exists: a run that is surely still
+    writing its directory while a test starts a second one."""
+
+    def __init__(self, path: str, timeout: float = 300.0):
+        self.path, self.timeout = Path(path), timeout
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        deadline = time.time() + self.timeout
+        while not self.path.exists() and time.time() < deadline:
+            time.sleep(0.1)
+
+

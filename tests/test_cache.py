@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -16,7 +17,16 @@ from helpers import compose_config, train_config
 from omegaconf import OmegaConf
 
 from histo.data.breakhis import build_index
-from histo.data.cache import MANIFEST, CacheKey, cache_directory, cache_for_run, ensure, stain_key
+from histo.data.cache import (
+    MANIFEST,
+    CacheKey,
+    cache_directory,
+    cache_for_run,
+    ensure,
+    locked,
+    remove_stale_temporaries,
+    stain_key,
+)
 from histo.data.dataset import ImageDataset, read_rgb
 from histo.data.transforms import eval_transform
 from histo.evaluation.run_dir import RunDir
@@ -189,3 +199,28 @@ def test_prepare_builds_what_training_reads_and_training_records_it(root, tmp_pa
     for split in ("val", "test"):
         a, b = RunDir(tmp_path / "run").read_predictions(split), RunDir(tmp_path / "png").read_predictions(split)
         np.testing.assert_allclose(a.filter(like="logit_").to_numpy(), b.filter(like="logit_").to_numpy(), atol=1e-5)
+
+
+def test_the_same_seed_gives_the_same_model_whether_the_cache_is_built_or_found(root, tmp_path, caplog):
+    """Issue 13: building the cache drew from torch's global generator after seeding, so the run that built
+    it and the run that found it trained different models."""
+    caplog.set_level(logging.INFO, logger="histo.data.cache")
+    overrides = ["data.cache=auto", f"data.cache_dir={tmp_path / 'cache'}", "debug=limit", "trainer.max_epochs=1"]
+    built = train(train_config(tmp_path / "built", root, *overrides))
+    assert "building it" in caplog.text
+    found = train(train_config(tmp_path / "found", root, *overrides))
+    assert found["image_cache"]["build"] == built["image_cache"]["build"]  # read, not built again
+    for split in ("val", "test"):
+        a, b = (RunDir(tmp_path / run).predictions_path(split).read_bytes() for run in ("built", "found"))
+        assert a == b
+
+
+def test_the_temporary_files_of_a_killed_build_are_removed(root, tmp_path):
+    (cache, _), = build(root, tmp_path / "cache").values()
+    stale = [cache.directory / "images-20250101-000000-abcdef.npy.tmp", cache.directory / ".manifest.json.1a2b3c.tmp"]
+    for path in stale:
+        path.write_bytes(b"left by a build that was killed")
+    with locked(cache.directory):  # a build holds the directory: its temporaries are not stale
+        assert remove_stale_temporaries(cache.directory) == []
+    (again, status), = build(root, tmp_path / "cache").values()
+    assert status == "valid" and not any(path.exists() for path in stale)

@@ -47,10 +47,12 @@ def _edit_record(run: Path, **changes) -> None:
 
 
 def _edit_predictions(run: Path, split: str, edit) -> None:
+    """Change a prediction file as if the run had written it so (run.json records the new file)."""
     path = run / "predictions" / f"{split}.csv"
     frame = pd.read_csv(path)
     frame = edit(frame)
     frame.to_csv(path, index=False)
+    RunDir(run).write_record({**RunDir(run).record(), "files": RunDir(run).file_digests()})
 
 
 @pytest.fixture

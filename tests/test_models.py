@@ -241,3 +241,22 @@ def test_pretrained_lite0_features_separate_benign_from_malignant_across_patient
     random = separation(pretrained=False)
     print(f"leave-one-patient-out AUROC: pretrained {pretrained:.3f}, random init {random:.3f}")
     assert pretrained > 0.6 and pretrained - random > 0.15
+
+
+class _Payload:
+    """A pickle that runs code when it is loaded without ``weights_only=True``."""
+
+    def __reduce__(self):
+        return (print, ("a weights file ran code",))
+
+
+def test_weights_and_checkpoints_are_loaded_as_tensors_only(trained_runs, tmp_path):
+    torch.save({"conv_stem.weight": _Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ModelError, match="model.weights=.*evil.pth.* cannot be read"):
+        create_backbone("tf_efficientnet_b0", 2, pretrained=True, weights=str(tmp_path / "evil.pth"))
+    run = RunDir(trained_runs[0])
+    checkpoint = torch.load(run.best_checkpoint(), weights_only=True)  # a run's own checkpoints need nothing more
+    torch.load(run.last_checkpoint_path, weights_only=True)
+    torch.save({**checkpoint, "extra": _Payload()}, tmp_path / "evil.ckpt")
+    with pytest.raises(Exception, match="weights_only"):
+        load_classifier(tmp_path / "evil.ckpt")

@@ -91,8 +91,14 @@ def test_a_fitted_ensemble_reproduces_its_test_predictions(ensemble_dir, ensembl
     table = predictor.predict(paths, batch_size=7)
     ours = np.log(np.clip(table[[f"prob_{c}" for c in predictor.class_names]].to_numpy(), 1e-300, None))
     assert np.abs(ours - predictions.logits(reference)).max() < TOLERANCE
-    # calibrated: softmax(log p / T) with the temperature histo-ensemble fitted on val
-    temperature = json.loads((ensemble_dir / "metrics.json").read_text())["methods"][method]["calibration"]["temperature"]
+    # calibrated: softmax(log p / T) with the temperature histo-ensemble fitted on val; none for vote shares
+    calibration = json.loads((ensemble_dir / "metrics.json").read_text())["methods"][method].get("calibration")
+    if calibration is None:
+        assert method == "hard"
+        with pytest.raises(PredictError, match="vote shares"):
+            Predictor(ensemble_members, fitted.load(ensemble_dir, method), calibrated=True)
+        return
+    temperature = calibration["temperature"]
     calibrated = Predictor(ensemble_members, fitted.load(ensemble_dir, method), calibrated=True).predict(paths[:4])
     expected = predictions.softmax(predictions.logits(reference)[:4] / temperature)
     np.testing.assert_allclose(calibrated[[f"prob_{c}" for c in predictor.class_names]], expected, atol=1e-5)

@@ -139,6 +139,34 @@ def test_histo_stain_normalizes_a_folder_and_lists_what_it_left_unchanged(synthe
         assert np.array_equal(read_rgb(tmp_path / "again" / rel), read_rgb(out / rel))
 
 
+def test_histo_stain_reads_other_formats_skips_unreadable_files_and_fits_auto_on_its_input(
+        synthetic_root, images, tmp_path, capsys):
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    bgr = [cv2.cvtColor(read_rgb(synthetic_root / rel), cv2.COLOR_RGB2BGR) for rel in images[:4]]
+    for name, image in zip(("a.png", "c.jpg", "d.TIF", "e.bmp"), bgr, strict=True):
+        cv2.imwrite(str(source / name), image)
+    (source / "broken.png").write_bytes(b"")  # an empty file, and one that is no image at all
+    (source / "garbage.jpg").write_bytes(b"not an image")
+    (source / "notes.txt").write_text("not an image file name: ignored")
+    cfg = normalize_config(["method=reinhard", "target=auto", f"input={source}", f"output={out}"])
+    passed = run_command(cfg)
+    assert passed == {"broken.png": "unreadable", "garbage.jpg": "unreadable"}
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.jpg", "d.TIF", "e.bmp", "stain_passed.csv",
+                                                     "stain_target.json"]  # whole files only: no temporaries
+    assert read_rgb(out / "d.TIF").shape == bgr[2].shape
+    assert StainTarget.load(out / "stain_target.json").source == ["a.png"]  # auto: the first image under input
+    with open(out / "stain_passed.csv") as f:
+        assert list(csv.reader(f))[1:] == [["broken.png", "unreadable"], ["garbage.jpg", "unreadable"]]
+    printed = capsys.readouterr().out
+    assert "normalized 4 of 4 images" in printed and "2 unreadable skipped" in printed and "unreadable: 2" in printed
+    with pytest.raises(ValueError, match="Cannot read image .*broken.png"):
+        run_command(normalize_config(["method=reinhard", "target=auto", "on_failure=raise", f"input={source}",
+                                      f"output={tmp_path / 'raise'}"]))
+    with pytest.raises(ValueError, match="method=vahadane needs a target: target=<image>, target=auto"):
+        run_command(normalize_config([f"input={source}", f"output={tmp_path / 'none'}"]))
+
+
 def test_histo_stain_refuses_to_write_inside_its_input(tmp_path, synthetic_root, images):
     cfg = normalize_config(["method=reinhard", f"target={synthetic_root / images[0]}", f"input={synthetic_root}",
                             f"output={synthetic_root / 'normalized'}"])

@@ -53,8 +53,18 @@ def test_histo_compare_tables_the_runs(seed_sweep, capsys):
 
 
 def test_histo_compare_refuses_a_directory_without_runs(tmp_path, capsys):
-    assert compare_main([str(tmp_path)]) == 1
-    assert "no run.json" in capsys.readouterr().err
+    assert compare_main([str(tmp_path)]) == 2
+    assert "No training run under" in capsys.readouterr().err
+
+
+def test_a_sweep_over_finished_runs_is_refused_and_resume_true_keeps_them(seed_sweep, synthetic_root):
+    out, runs = seed_sweep
+    records = [RunDir(r).record_path.read_bytes() for r in runs]
+    again = subprocess.run([sys.executable, "-m", "histo.train", "-m", *TINY, f"data.root={synthetic_root}",
+                            f"hydra.sweep.dir={out}", "seed=1,2"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "already holds finished runs (0_v1_b0, 1_v1_b0)" in again.stderr
+    assert sweep(synthetic_root, out, "seed=1,2", "resume=true") == runs  # completes the sweep: nothing to do
+    assert [RunDir(r).record_path.read_bytes() for r in runs] == records
 
 
 def test_submitit_local_launcher_runs_a_two_job_sweep(synthetic_root, tmp_path, capsys):

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from helpers import train_config
 
-from histo.data.breakhis import DataError, build_index
+from histo.config_check import ConfigError
+from histo.data.breakhis import build_index
 from histo.evaluation import predictions
 from histo.evaluation.run_dir import RunDir
 from histo.train import train
@@ -73,7 +74,7 @@ def test_fast_dev_run_writes_no_prediction_files(synthetic_root, tmp_path):
 
 
 def test_missing_data_root_is_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match="data.root=.*is not a directory"):
+    with pytest.raises(ConfigError, match="data.root=.*no such directory"):
         train(train_config(tmp_path, tmp_path / "no-such-dir"))
 
 

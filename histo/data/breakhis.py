@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from histo.command import UserError
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = re.compile(
@@ -42,7 +44,7 @@ PATIENT_KEYS = ("number", "slide")
 INDEX_COLUMNS = ["image", "tumor", "subtype", "patient", "slide", "magnification", "seq"]
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset problem the user must fix; the message names the path and what to do."""
 
 

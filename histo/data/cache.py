@@ -254,8 +254,9 @@ def build(root: str | Path, images: Sequence[str], directories: dict[int, Path],
             arrays[size] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                                      shape=(len(images), size, size, 3))
         reasons = [""] * len(images)
+        # its own generator: building a cache must not draw from the global ones a training run seeded
         loader = DataLoader(_Decode(root, images, sizes, interpolation, stain), batch_size=None,
-                            num_workers=num_workers)
+                            num_workers=num_workers, generator=torch.Generator().manual_seed(0))
         what = ", ".join(f"{s}px" for s in sizes)
         for i, resized, reason in tqdm(loader, total=len(images), unit="img", desc=f"image cache {what}"):
             for size, image in zip(sizes, resized, strict=True):
@@ -307,6 +308,28 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files (``*.tmp``) a killed build left in a cache directory, unless a build
+    holds the directory's lock now (its temporaries are not stale); returns what was deleted."""
+    if not directory.is_dir():
+        return []
+    with open(directory / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return []
+        try:
+            stale = sorted(directory.glob("*.tmp"))  # images-<build>.npy.tmp and .<file>.<id>.tmp
+            for path in stale:
+                path.unlink(missing_ok=True)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    if stale:
+        log.info("Image cache %s: deleted %d temporary file(s) of an interrupted build (%s).", directory, len(stale),
+                 ", ".join(p.name for p in stale[:3]))
+    return stale
+
+
 @contextmanager
 def locked(directory: Path):
     """Hold the build lock of a cache directory (other builders of it wait; readers never do)."""
@@ -332,6 +355,8 @@ def ensure(cache_dir: str | Path, root: str | Path, images: Sequence[str], sizes
     keys = {s: CacheKey(int(s), interpolation, stain_name) for s in sorted(set(sizes))}
     dirs = {s: cache_directory(cache_dir, root, k) for s, k in keys.items()}
     stats = file_stats(root, images)
+    for directory in dirs.values():
+        remove_stale_temporaries(directory)
     out, stale = {}, {}
     for size, key in keys.items():
         try:

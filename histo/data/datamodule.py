@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from histo.data.breakhis import DataError, Index, build_index, class_names
-from histo.data.dataset import ImageDataset
+from histo.data.dataset import AugmentationOrder, ImageDataset
 from histo.data.splits import Split, make_split, read_split
 from histo.data.synthetic import SyntheticSpec, write_dataset
 from histo.data.transforms import eval_transform, train_transform
@@ -56,6 +56,21 @@ class Data:
         """One row per image: index columns, ``label`` for the task, and ``split``."""
         frame = self.index.frame.assign(label=self.index.labels(self.task).to_numpy())
         return frame.merge(self.split.frame, on="image", validate="one_to_one")
+
+    def missing_classes(self) -> list[str]:
+        """What would make the run's numbers meaningless: a dataset of one class, or a split without
+        images of some class the dataset has (empty when there is none)."""
+        table, names = self.table, self.class_names
+        present = sorted(set(table["label"]))
+        if len(present) < 2:
+            only = ", ".join(names[i] for i in present) or "none"
+            return [f"the dataset under data.root={self.index.root} has images of one class only ({only})"]
+        problems = []
+        for split in ("train", "val", "test"):
+            missing = [names[i] for i in present if i not in set(table.loc[table["split"] == split, "label"])]
+            if missing:
+                problems.append(f"the {split} split has no {' or '.join(missing)} images")
+        return problems
 
     def summary(self) -> dict:
         return {
@@ -150,10 +165,11 @@ class BreakHisDataModule(pl.LightningDataModule):
                             stain=None if cached else self.stain, cache=self.cache)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(name)
         return DataLoader(
-            self.dataset(name),
+            dataset,
             batch_size=self._per_device_batch,
-            shuffle=shuffle,
+            sampler=AugmentationOrder(len(dataset)) if shuffle else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,

@@ -6,18 +6,12 @@ See conf/ensemble.yaml for every option and :mod:`histo.ensemble.stage` for what
 
 from __future__ import annotations
 
-import logging
-import sys
-
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from histo import CONF_DIR
+from histo.command import hydra_command
 from histo.ensemble.members import EnsembleError, runs_of_models
 from histo.ensemble.stage import run_ensemble
-
-log = logging.getLogger("histo.ensemble")
 
 
 def ensemble(cfg: DictConfig, out: str) -> dict:
@@ -44,13 +38,9 @@ def _as_list(value) -> list:
     return [value] if isinstance(value, str) else list(value)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="ensemble")
+@hydra_command("ensemble", prog="histo-ensemble")
 def main(cfg: DictConfig) -> None:
-    try:
-        ensemble(cfg, HydraConfig.get().runtime.output_dir)
-    except EnsembleError as error:
-        log.error("%s", error)
-        sys.exit(1)
+    ensemble(cfg, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from histo.ensemble import averaging, stacking, weighted
 from histo.ensemble.feature_stack import FittedMLP
 from histo.ensemble.members import EnsembleError, Members
+from histo.ensemble.methods import SCORES
 from histo.evaluation import calibration, predictions
 from histo.evaluation.json_file import write_json
 from histo.evaluation.run_dir import RunDir
@@ -77,8 +78,15 @@ class FittedEnsemble:
         if not calibrated:
             return probs
         if self.temperature is None:
-            raise EnsembleError(f"{self.path} has no temperature: run histo-ensemble with calibrate=true to fit one.")
+            raise EnsembleError(self.no_temperature())
         return calibration.scale(np.log(np.clip(probs, 1e-300, None)), self.temperature)
+
+    def no_temperature(self) -> str:
+        """Why ``calibrated`` cannot be applied: no temperature in the file."""
+        if SCORES.get(self.method) == "vote_share":
+            return (f"{self.path}: {self.method} outputs vote shares, not probabilities, so no temperature is "
+                    "fitted for it; use calibrated=false or a soft method.")
+        return f"{self.path} has no temperature: run histo-ensemble with calibrate=true to fit one."
 
     def member_runs(self) -> list[Path]:
         """The members' run directories, each checked to hold the val predictions the ensemble was fitted on."""

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from histo.command import UserError
 from histo.evaluation import predictions
 from histo.evaluation.run_dir import PREDICTED_SPLITS, RunDir
 
 
-class EnsembleError(ValueError):
+class EnsembleError(UserError):
     """The runs cannot be combined (or the ensemble is misconfigured); the message says which run and why."""
 
 

@@ -32,6 +32,7 @@ from histo.ensemble.methods import (
 from histo.evaluation import bootstrap, calibration, metrics, paper, predictions
 from histo.evaluation.json_file import write_json
 from histo.evaluation.mcnemar import mcnemar
+from histo.evaluation.run_dir import warnings as run_warnings
 from histo.evaluation.table_format import rank_value
 
 log = logging.getLogger("histo.ensemble")
@@ -196,4 +197,5 @@ def _member_entry(member: Member) -> dict:
         "family": member.record.get("family"),
         "seed": member.record.get("seed"),
         "stain": (member.record.get("stain") or {}).get("method"),
+        "warnings": run_warnings(member.record),  # e.g. trained on a degenerate split (allow_degenerate=true)
     }

@@ -53,6 +53,8 @@ def render(document: dict, paper_results: pd.DataFrame | None = None) -> str:
         lines.append(f"**Warning**: {leaked} test patients also have images in train (split "
                      f"`{document['split']['strategy']}`): these numbers measure within-patient interpolation.")
     lines += [f"**Warning**: {warning}" for warning in document.get("warnings", [])]
+    lines += [f"**Warning**: member {name}: {warning}" for name, member in document["members"].items()
+              for warning in member.get("warnings", [])]
     lines.append("")
 
     header = ["#", "model", "kind", *COLUMNS.values(), "ECE", "errors", f"vs {best} (McNemar)"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +30,14 @@ def strict(value):
 
 
 def write_json(path: str | Path, document, indent: int = 2) -> Path:
-    """Write ``document`` as strict JSON (objects it cannot encode are written as strings)."""
+    """Write ``document`` as strict JSON (objects it cannot encode are written as strings), atomically:
+    a reader sees the old file or the new one, never part of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(strict(document), indent=indent, default=str, allow_nan=False) + "\n")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(json.dumps(strict(document), indent=indent, default=str, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

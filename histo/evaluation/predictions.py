@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from histo.command import UserError
+
 META_COLUMNS = ["image", "patient", "subtype", "magnification", "label"]
 LOGIT_PREFIX = "logit_"
 
 
-class PredictionFileError(ValueError):
+class PredictionFileError(UserError):
     """A prediction file breaks the contract; the message names the file and the problem."""
 
 

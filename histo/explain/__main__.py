@@ -5,18 +5,11 @@ See conf/explain.yaml for every option and :mod:`histo.explain.stage` for what i
 
 from __future__ import annotations
 
-import logging
-import sys
-
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from histo import CONF_DIR
-from histo.explain.errors import ExplainError
+from histo.command import hydra_command
 from histo.explain.stage import run_explain
-
-log = logging.getLogger("histo.explain")
 
 
 def explain(cfg: DictConfig, out: str) -> dict:
@@ -31,13 +24,9 @@ def explain(cfg: DictConfig, out: str) -> dict:
     )
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="explain")
+@hydra_command("explain", prog="histo-explain")
 def main(cfg: DictConfig) -> None:
-    try:
-        explain(cfg, HydraConfig.get().runtime.output_dir)
-    except ExplainError as error:
-        log.error("%s", error)
-        sys.exit(1)
+    explain(cfg, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import pandas as pd
 
 from histo.evaluation import predictions
 from histo.evaluation.predictions import PredictionFileError
+from histo.evaluation.run_dir import RunDir
 from histo.explain.errors import ExplainError
 from histo.explain.inputs import image_table
 from histo.explain.runs import ExplainRun
@@ -85,9 +86,8 @@ def prediction_frames(runs: Sequence[ExplainRun], split: str) -> list[pd.DataFra
     """Each run's prediction frame of ``split``, sorted by image; all must list the same images."""
     frames = []
     for run in runs:
-        path = run.path / "predictions" / f"{split}.csv"
         try:
-            frame = predictions.read(path)
+            frame = RunDir(run.path).read_predictions(split)
         except PredictionFileError as error:
             raise ExplainError(f"Run {run.path}: {error} (split={split}; use val or test).") from error
         frames.append(frame.sort_values("image", ignore_index=True))

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from histo.evaluation import predictions
 from histo.evaluation.json_file import write_json
+from histo.evaluation.run_dir import RunDir
 from histo.explain.cam import CLASS_AGNOSTIC, DEFAULT_LAYER, METHODS, compute_cams, target_layer
 from histo.explain.errors import ExplainError
 from histo.explain.inputs import evaluation_inputs
@@ -176,10 +177,9 @@ def _reference_probabilities(runs: list[ExplainRun], selected) -> dict:
     wanted = set(selected["image"])
     for run in runs:
         for split in sorted(set(selected["split"]) & {"val", "test"}):
-            path = run.path / "predictions" / f"{split}.csv"
-            if not path.is_file():
+            if not RunDir(run.path).predictions_path(split).is_file():
                 continue
-            frame = predictions.read(path)
+            frame = RunDir(run.path).read_predictions(split)
             keep = frame["image"].isin(wanted).to_numpy()
             for image, p in zip(frame["image"][keep], predictions.probabilities(frame)[keep], strict=True):
                 out[run.name, image] = p

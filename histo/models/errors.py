@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from histo.command import UserError
 
-class ModelError(ValueError):
+
+class ModelError(UserError):
     """A model that cannot be built; the message names the config key and what to do."""

@@ -22,6 +22,8 @@ from histo.data.device_augment import BatchAugment
 from histo.evaluation.epoch_metrics import epoch_metrics
 from histo.models.backbone import create_backbone, normalization
 
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}  # optim.optimizer
+SCHEDULERS = ("none", "cosine")  # optim.scheduler
 
 class Classifier(pl.LightningModule):
     def __init__(
@@ -63,6 +65,7 @@ class Classifier(pl.LightningModule):
         # augment.run_on=device: flips, rotation, translation of training batches (plain values in hparams)
         self.batch_augment = BatchAugment(**device_augment) if device_augment else None
         self._augment_generator: torch.Generator | None = None
+        self._augment_generator_state: torch.Tensor | None = None  # from a checkpoint, until the generator exists
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised float batch (what :meth:`preprocess` returns)."""
@@ -89,7 +92,17 @@ class Classifier(pl.LightningModule):
         if self._augment_generator is None or self._augment_generator.device != device:
             seed = torch.initial_seed() + 1_000_003 * self.global_rank
             self._augment_generator = torch.Generator(device).manual_seed(seed)
+            if self._augment_generator_state is not None:  # resumed: continue the interrupted run's draws
+                self._augment_generator.set_state(self._augment_generator_state)
+                self._augment_generator_state = None
         return self._augment_generator
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._augment_generator is not None:
+            checkpoint["augment_generator"] = self._augment_generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._augment_generator_state = checkpoint.get("augment_generator")
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.compile:
@@ -125,14 +138,13 @@ class Classifier(pl.LightningModule):
         head_ids = {id(p) for p in head}
         backbone = [p for p in self.net.parameters() if p.requires_grad and id(p) not in head_ids]
         groups = [{"params": backbone, "lr": hp.backbone_lr}, {"params": head, "lr": hp.head_lr}]
-        optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-        if hp.optimizer not in optimizers:
-            raise ValueError(f"optim.optimizer={hp.optimizer!r} is not valid; use one of {', '.join(optimizers)}.")
-        optimizer = optimizers[hp.optimizer](groups, weight_decay=hp.weight_decay)
+        if hp.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optim.optimizer={hp.optimizer!r} is not valid; use one of {', '.join(OPTIMIZERS)}.")
+        optimizer = OPTIMIZERS[hp.optimizer](groups, weight_decay=hp.weight_decay)
         if hp.scheduler == "none":
             return optimizer
-        if hp.scheduler != "cosine":
-            raise ValueError(f"optim.scheduler={hp.scheduler!r} is not valid; use none or cosine.")
+        if hp.scheduler not in SCHEDULERS:
+            raise ValueError(f"optim.scheduler={hp.scheduler!r} is not valid; use one of {', '.join(SCHEDULERS)}.")
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(hp.warmup_epochs * total / max(1, self.trainer.max_epochs))
 

@@ -110,8 +110,7 @@ class Predictor:
     def __init__(self, members: list[RunModel], combiner: fitted_ensemble.FittedEnsemble, calibrated: bool = False):
         self.members, self.combiner, self.calibrated = members, combiner, calibrated
         if calibrated and combiner.temperature is None:
-            raise PredictError(f"calibrated=true needs a temperature, and {combiner.path} has none: run "
-                               "histo-ensemble with calibrate=true.")
+            raise PredictError(f"calibrated=true: {combiner.no_temperature()}")
 
     @classmethod
     def from_runs(cls, runs, method: str = "soft", device: str = "auto", precision: str = "auto") -> Predictor:

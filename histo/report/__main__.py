@@ -6,20 +6,13 @@ See conf/report.yaml for every option and :mod:`histo.report.stage` for what is 
 
 from __future__ import annotations
 
-import logging
-import sys
-
-import hydra
 import matplotlib
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from histo import CONF_DIR
-from histo.explain.errors import ExplainError
-from histo.report.sources import ReportError
+from histo.command import hydra_command
 
 matplotlib.use("Agg")
-log = logging.getLogger("histo.report")
 
 
 def report(cfg: DictConfig, out: str):
@@ -36,13 +29,9 @@ def report(cfg: DictConfig, out: str):
     )
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="report")
+@hydra_command("report", prog="histo-report")
 def main(cfg: DictConfig) -> None:
-    try:
-        report(cfg, HydraConfig.get().runtime.output_dir)
-    except (ReportError, ExplainError) as error:
-        log.error("%s", error)
-        sys.exit(1)
+    report(cfg, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

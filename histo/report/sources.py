@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from histo.command import UserError
 from histo.evaluation import paper, predictions
 from histo.evaluation.paper import display_name, order_key
 from histo.evaluation.predictions import PredictionFileError
 from histo.evaluation.run_dir import RunDir
+from histo.evaluation.run_dir import warnings as run_warnings
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """Inputs or options that cannot be reported; the message names the path or key and what to do."""
 
 
@@ -40,7 +42,7 @@ class Row:
     record: dict = field(default_factory=dict, repr=False)
     members: list[Path] = field(default_factory=list)  # ensembles: the member runs that exist
     score: str = "probability"  # what the prediction file's softmax is: probability or vote_share (hard voting)
-    warnings: list[str] = field(default_factory=list)  # ensembles: what the ensemble stage warned of
+    warnings: list[str] = field(default_factory=list)  # what the tables must flag (degenerate split, fold fallback)
 
     @property
     def fingerprint(self) -> str | None:
@@ -94,7 +96,8 @@ def _model_row(path: Path, split: str) -> Row:
     stain = (record.get("stain") or {}).get("method")
     return Row(display_name(model), "model", frame.sort_values("image", ignore_index=True), path,
                paper.member_key(model, stain), dict(record.get("split") or {}), record.get("task", "binary"),
-               run=path, record=record)
+               run=path, record=record,
+               warnings=[f"{display_name(model)}: {w}" for w in run_warnings(record)])
 
 
 def _ensemble_rows(path: Path, split: str) -> tuple[list[Row], list[Path]]:
@@ -119,7 +122,9 @@ def _ensemble_rows(path: Path, split: str) -> tuple[list[Row], list[Path]]:
                         frame.sort_values("image", ignore_index=True), path, entry.get("row", ""), split_info,
                         document.get("task") or "binary", record=entry, members=members,
                         score=(entry.get("test") or {}).get("score", "probability"),
-                        warnings=list(document.get("warnings") or [])))
+                        warnings=[f"Ensemble {path.name}: {w}" for w in document.get("warnings") or []]
+                        + [f"{path.name} member {name}: {w}" for name, member in document.get("members", {}).items()
+                           for w in member.get("warnings", [])]))
     return rows, members
 
 

@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+import pandas as pd
 from tqdm import tqdm
 
 from histo.data.breakhis import SUBTYPES
@@ -139,11 +140,9 @@ def run_report(
     if leaked:
         warnings.append(f"{leaked} test patient(s) also have images in train (split "
                         f"{first.split.get('strategy')}): these numbers measure within-patient interpolation.")
-    for row in rows:
-        warnings += [f"Ensemble {row.source.name}: {w}" for w in row.warnings
-                     if f"Ensemble {row.source.name}: {w}" not in warnings]
     if compare_to == "paper":
         warnings.append(f"Paper columns: {paper.SOURCE}. {paper.CAVEAT}")
+    warnings += list(dict.fromkeys(warning for row in rows for warning in row.warnings))
     definitions = [DEFINITIONS]
     if any(r.score == "vote_share" for r in rows):
         definitions.append(VOTES_NOTE)
@@ -183,7 +182,10 @@ def _count(rows, kind: str, noun: str, prefix: str = "") -> str:
 
 
 def _curves(row):
-    frame = plots.read_curves(row.curves_path)
+    try:
+        frame = plots.read_curves(row.curves_path)
+    except (pd.errors.ParserError, ValueError) as error:  # e.g. two runs once wrote into one log
+        raise ReportError(f"{row.curves_path}, the training log of {row.source}, cannot be read: {error}") from error
     return frame, (plots.best_epoch(row.record, frame) if frame is not None else None)
 
 

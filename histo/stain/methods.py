@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from histo.data.breakhis import DataError
 from histo.data.dataset import read_rgb
 from histo.stain.identity import Identity
 from histo.stain.macenko import Macenko
@@ -113,7 +114,7 @@ def _fit_auto(normalizer: StainNormalizer, root: Path, candidates: Sequence[str]
     for image in sorted(candidates):
         try:
             normalizer.fit(read_rgb(root / image), source=[str(image)])
-        except StainError:
+        except (StainError, DataError):  # too little tissue, or not readable: the next one
             continue
         log.info("stain.target=auto: fitted the %s target on %s", normalizer.method, image)
         return normalizer

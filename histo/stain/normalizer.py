@@ -20,6 +20,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from histo.command import UserError
 from histo.stain.lab import luminosity
 from histo.stain.target import StainTarget
 
@@ -38,7 +39,7 @@ MIN_MAX_CONCENTRATION = 1e-3  # a stain whose 99th-percentile concentration is b
 GRID_PIXELS = 32768  # tissue is judged and sampled on a grid of about this many pixels
 
 
-class StainError(RuntimeError):
+class StainError(UserError, RuntimeError):
     """An image or target that cannot be normalized, when the configuration says that is an error."""
 
 
