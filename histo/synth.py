@@ -15,8 +15,8 @@ log = logging.getLogger("histo.synth")
 
 @hydra_command("synth", prog="histo-synth")
 def main(cfg: DictConfig) -> None:
-    spec = SyntheticSpec(**{k: v for k, v in cfg.items() if k not in ("out", "overwrite")})
-    root = write_dataset(cfg.out, spec, overwrite=cfg.overwrite)
+    spec = SyntheticSpec(**{k: v for k, v in cfg.items() if k not in ("out", "overwrite", "workers")})
+    root = write_dataset(cfg.out, spec, overwrite=cfg.overwrite, workers=cfg.workers)
     log.info("Synthetic BreaKHis at %s: %s", root, build_index(root, check_images=False).summary())
     log.info("Train on it with: python -m histo.train data.root=%s", root)
 

@@ -15,86 +15,52 @@ runs ``--warmup`` steps, then ``--steps`` timed steps (from the end of the last 
 end of the last step, batches fetched and moved included); the two alternate ``--repeats`` times
 and the table shows medians. ``ratio: <ours / plain>`` (geometric mean over the models) is the last
 line; the target is >= 0.95. With ``--device cuda`` it also estimates the training time of each
-model with the paper's recipe (40 epochs of 5,545 images, a validation pass of 1,182 each epoch)
-and of the ten (`make paper`'s training); on a CPU that estimate is printed but means little.
+model with the paper's recipe (40 epochs of 5,545 images, a validation pass of 1,182 each epoch, the
+prediction of val and test)
+and of the ten (`make paper`'s training); on a CPU that estimate is printed but means little. The
+timing code is shared with gpu_check.py (training_speed.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import platform
 import statistics
 import sys
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import pytorch_lightning as pl  # noqa: E402
+from training_speed import (  # noqa: E402
+    CLASSES,
+    PAPER_EPOCHS,
+    PAPER_SPLIT,
+    PRECISION_DTYPES,
+    InMemory,
+    eval_rate,
+    fit_steps,
+    paper_minutes,
+    sync,
+)
 
 from histo import CONF_DIR  # noqa: E402
 from histo.evaluation.paper import MODELS  # noqa: E402
 from histo.models import Classifier  # noqa: E402
 from histo.models.backbone import create_backbone, normalization  # noqa: E402
 
-CLASSES = ["benign", "malignant"]
-PAPER_EPOCH = {"train": 5545, "val": 1182}  # images per epoch in the paper's split
-warnings.filterwarnings("ignore", message=".*(does not have many workers|log_every_n_steps|LeafSpec).*")
-logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no per-fit banners in the table
-
-
-class InMemory(Dataset):
-    """uint8 images and labels already in memory, served as histo's datasets serve them."""
-
-    def __init__(self, n: int, size: int, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
-        self.labels = torch.randint(0, 2, (n,), generator=g)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "label": self.labels[i], "index": i}
-
-
-class StepClock(pl.Callback):
-    """Time from the end of step ``warmup - 1`` to the end of the last step."""
-
-    def __init__(self, warmup: int, device: torch.device):
-        self.warmup, self.device, self.started, self.seconds = warmup, device, None, None
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if batch_idx == self.warmup - 1:
-            _sync(self.device)
-            self.started = time.perf_counter()
-        elif batch_idx == trainer.num_training_batches - 1:
-            _sync(self.device)
-            self.seconds = time.perf_counter() - self.started
-
 
 def ours(timm_name: str, size: int, loader: DataLoader, args) -> float:
     model = Classifier(timm_name, CLASSES, image_size=size, pretrained=False, channels_last=args.channels_last)
-    clock = StepClock(args.warmup, torch.device(args.device))
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = pl.Trainer(
-            accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1, precision=args.precision,
-            max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, logger=pl.loggers.CSVLogger(tmp),
-            log_every_n_steps=10, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            callbacks=[clock], default_root_dir=tmp,
-        )
-        trainer.fit(model, train_dataloaders=loader)
-    return clock.seconds
+    return fit_steps(model, loader, args.device, args.precision, args.warmup, args.steps).seconds
 
 
 def plain(timm_name: str, size: int, loader: DataLoader, args) -> float:
@@ -106,7 +72,7 @@ def plain(timm_name: str, size: int, loader: DataLoader, args) -> float:
     head = list(net.get_classifier().parameters())
     backbone = [p for p in net.parameters() if p.requires_grad and all(p is not h for h in head)]
     optimizer = torch.optim.Adam([{"params": backbone, "lr": 1e-4}, {"params": head, "lr": 1e-3}])
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
+    dtype = PRECISION_DTYPES.get(args.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     started = None
     for step, batch in enumerate(loader):
@@ -120,34 +86,10 @@ def plain(timm_name: str, size: int, loader: DataLoader, args) -> float:
         scaler.step(optimizer)
         scaler.update()
         if step == args.warmup - 1:
-            _sync(device)
+            sync(device)
             started = time.perf_counter()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - started
-
-
-def eval_rate(timm_name: str, size: int, loader: DataLoader, args) -> float:
-    """Images/s of a forward pass without gradients (validation), for the time estimate."""
-    device = torch.device(args.device)
-    model = Classifier(timm_name, CLASSES, image_size=size, pretrained=False, channels_last=args.channels_last)
-    model = model.to(device).eval()
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
-    started, n = None, 0
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        for step, batch in enumerate(loader):
-            model(model.preprocess(batch["image"].to(device, non_blocking=True)))
-            if step == args.warmup - 1:
-                _sync(device)
-                started = time.perf_counter()
-            elif step >= args.warmup:
-                n += len(batch["label"])
-    _sync(device)
-    return n / (time.perf_counter() - started)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -183,8 +125,9 @@ def main() -> None:
                 times[side].append(run(conf.timm_name, size, loader, args))
         rate = {side: args.batch * args.steps / statistics.median(t) for side, t in times.items()}
         spread = {side: [args.batch * args.steps / s for s in t] for side, t in times.items()}
-        evaluation = eval_rate(conf.timm_name, size, loader, args)
-        minutes = 40 * (PAPER_EPOCH["train"] / rate["ours"] + PAPER_EPOCH["val"] / evaluation) / 60
+        model = Classifier(conf.timm_name, CLASSES, image_size=size, pretrained=False, channels_last=args.channels_last)
+        evaluation = eval_rate(model, loader, args.device, args.precision, args.warmup)
+        minutes = paper_minutes(rate["ours"], evaluation)
         ratios.append(rate["ours"] / rate["plain"])
         rows.append((name, conf.timm_name, size, rate, spread, evaluation, minutes))
         print(f"  {name}: plain {rate['plain']:.1f} img/s, ours {rate['ours']:.1f} img/s", file=sys.stderr, flush=True)
@@ -202,8 +145,8 @@ def main() -> None:
               f"| {evaluation:.1f} | {minutes:,.0f} |")
     total = sum(r[-1] for r in rows)
     label = "" if gpu else " (on this CPU: a sanity number, not the GPU target)"
-    print(f"\nEstimated training time with the paper's recipe (40 epochs of {PAPER_EPOCH['train']} images + "
-          f"{PAPER_EPOCH['val']} validation images each) at the sizes above, {len(rows)} model(s): {total:,.0f} min"
+    print(f"\nEstimated training time with the paper's recipe ({PAPER_EPOCHS} epochs of {PAPER_SPLIT['train']} images + "
+          f"{PAPER_SPLIT['val']} validation images each, then val and test predicted once) at the sizes above, {len(rows)} model(s): {total:,.0f} min"
           f"{label}; loading, prediction and start-up not included.")
     print(f"ratio: {math.exp(statistics.fmean(math.log(r) for r in ratios)):.3f}")
 

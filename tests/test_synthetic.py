@@ -26,6 +26,14 @@ def test_same_spec_same_bytes(tmp_path):
     assert a != digest(write_dataset(tmp_path / "c", SyntheticSpec(**{**vars(spec), "seed": 6})))
 
 
+def test_parallel_writing_gives_the_same_bytes(tmp_path):
+    spec = SyntheticSpec(patients_per_subtype=1, images_per_magnification=1, width=40, height=30, seed=5)
+    serial = write_dataset(tmp_path / "serial", spec)
+    parallel = write_dataset(tmp_path / "parallel", spec, workers=2)
+    assert digest(serial) == digest(parallel) and len(digest(parallel)) == 32
+    assert (serial / "synthetic.json").read_bytes() == (parallel / "synthetic.json").read_bytes()
+
+
 def test_layout_names_and_stains(synthetic_root):
     meta = json.loads((synthetic_root / "synthetic.json").read_text())
     pngs = list(synthetic_root.rglob("*.png"))

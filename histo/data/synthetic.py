@@ -14,7 +14,9 @@ import os
 import shutil
 import tempfile
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -64,28 +66,29 @@ class SyntheticSpec:
             raise ValueError("patients_per_subtype and images_per_magnification must be >= 1, width/height >= 8.")
 
 
-def write_dataset(out: str | Path, spec: SyntheticSpec = SyntheticSpec(), overwrite: bool = False) -> Path:
+def write_dataset(out: str | Path, spec: SyntheticSpec = SyntheticSpec(), overwrite: bool = False,
+                  workers: int = 0) -> Path:
     """Write the tree under ``out`` (which becomes a ``data.root``) and return it.
 
     The tree is built in a temporary folder and moved into place, so a reader never sees half a
     dataset; ``out/synthetic.json`` records the spec and each patient's true stain matrix.
+    ``workers`` > 0 renders patients in that many processes (the full ``counts="breakhis"`` tree at
+    700x460 takes about 20 core-minutes); every image is seeded by itself, so the bytes are the same.
     """
     out = Path(out)
     if (out / "synthetic.json").is_file() and not overwrite:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=out.parent))
-    patients = []
-    for patient in _patients(spec):
-        for mag, n in patient.pop("images").items():
-            folder = tmp / patient["folder"] / f"{mag}X"
-            folder.mkdir(parents=True, exist_ok=True)
-            for seq in range(1, n + 1):
-                name = f"SOB_{patient['tumor'][0].upper()}_{patient['subtype']}-{patient['slide']}-{mag}-{seq:03d}.png"
-                image = render(spec, patient, mag, seq)
-                Image.fromarray(image).save(folder / name, compress_level=1)
-        patients.append(patient)
-    (tmp / "synthetic.json").write_text(json.dumps({"spec": asdict(spec), "patients": patients}, indent=1))
+    patients = _patients(spec)
+    if workers > 0:
+        with ProcessPoolExecutor(workers) as pool:  # the platform's default start (fork on Linux: no re-imports)
+            list(pool.map(_write_patient, repeat(tmp), repeat(spec), patients))
+    else:
+        for patient in patients:
+            _write_patient(tmp, spec, patient)
+    records = [{k: v for k, v in p.items() if k != "images"} for p in patients]
+    (tmp / "synthetic.json").write_text(json.dumps({"spec": asdict(spec), "patients": records}, indent=1))
     if out.exists():
         if not overwrite:  # another process finished first
             shutil.rmtree(tmp)
@@ -93,6 +96,16 @@ def write_dataset(out: str | Path, spec: SyntheticSpec = SyntheticSpec(), overwr
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def _write_patient(tmp: Path, spec: SyntheticSpec, patient: dict) -> None:
+    """All images of one patient, under ``tmp``."""
+    for mag, n in patient["images"].items():
+        folder = tmp / patient["folder"] / f"{mag}X"
+        folder.mkdir(parents=True, exist_ok=True)
+        for seq in range(1, n + 1):
+            name = f"SOB_{patient['tumor'][0].upper()}_{patient['subtype']}-{patient['slide']}-{mag}-{seq:03d}.png"
+            Image.fromarray(render(spec, patient, mag, seq)).save(folder / name, compress_level=1)
 
 
 def _patients(spec: SyntheticSpec) -> list[dict]:
