@@ -58,7 +58,7 @@ SCRIPT = """
 import contextlib, io, json, sys
 from hydra.core.global_hydra import GlobalHydra
 import histo.compare, histo.ensemble.__main__, histo.explain.__main__, histo.prepare, histo.report.__main__
-import histo.stain.__main__, histo.train
+import histo.stain.__main__, histo.train, histo.predict.__main__, histo.export, histo.app.__main__
 results = []
 for module, argv in json.loads(sys.argv[1]):
     GlobalHydra.instance().clear()
@@ -87,6 +87,9 @@ def test_every_command_reports_a_user_error_in_one_line_with_status_2(tmp_path):
         ("histo.report.__main__", [f"out={tmp_path / 'report'}"]),
         ("histo.explain.__main__", [f"out={tmp_path / 'explain'}"]),
         ("histo.compare", [str(tmp_path / "none")]),
+        ("histo.predict.__main__", [f"runs=[{runs}]", "images=.", f"out={tmp_path / 'predict'}"]),
+        ("histo.export", [f"run={runs}", f"hydra.run.dir={tmp_path / 'export'}"]),
+        ("histo.app.__main__", [f"runs=[{runs}]", f"hydra.run.dir={tmp_path / 'app'}"]),
     ]
     done = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(commands)], capture_output=True, text=True,
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
@@ -97,7 +100,9 @@ def test_every_command_reports_a_user_error_in_one_line_with_status_2(tmp_path):
     assert "Could not find 'model/v1_b9'" in hydra_err and "v1_b0" in hydra_err
     assert stain_err.startswith("histo-stain: input=<folder> is missing")  # input first, then the target
     assert prepare_err.startswith("histo-prepare: models: 'v1_b9' is not a model")
-    for (_, err), prog in zip(others, ("histo-ensemble", "histo-report", "histo-explain", "histo-compare"), strict=True):
+    progs = ("histo-ensemble", "histo-report", "histo-explain", "histo-compare", "histo-predict", "histo-export",
+             "histo-app")
+    for (_, err), prog in zip(others, progs, strict=True):
         assert err.startswith(f"{prog}: ") and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run, ensemble, report or explain directory left
 

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from histo import CONF_DIR
+from histo.command import hydra_command
 from histo.predict import PredictError
 from histo.predict.predictor import load_predictor
 from histo.predict.sources import SourceError, collect
@@ -36,7 +34,7 @@ def examples(spec, limit: int) -> dict[str, Path]:
     return {f.name: f for f in files}
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="app")
+@hydra_command("app", prog="histo-app")
 def main(cfg: DictConfig) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -44,14 +42,10 @@ def main(cfg: DictConfig) -> None:
     from histo.app.views import CSS
 
     container = OmegaConf.to_container(cfg, resolve=True)
-    try:
-        predictor = load_predictor(container["runs"], cfg.ensemble, cfg.method, cfg.calibrated, cfg.device,
-                                   str(cfg.precision))
-        page = build(predictor, examples(container["examples"], cfg.examples_max), cfg.tta, cfg.cam_method,
-                     cfg.cam_layer)
-    except PredictError as error:
-        log.error("%s", error)
-        sys.exit(2)
+    predictor = load_predictor(container["runs"], cfg.ensemble, cfg.method, cfg.calibrated, cfg.device,
+                               str(cfg.precision))
+    page = build(predictor, examples(container["examples"], cfg.examples_max), cfg.tta, cfg.cam_method,
+                 cfg.cam_layer)
     page.queue(default_concurrency_limit=1)  # one analysis at a time; the next request waits its turn
     log.info("histo-app: %s of %s on %s", predictor.method, ", ".join(predictor.member_names), predictor.device)
     page.launch(server_name=cfg.server.host, server_port=cfg.server.port, share=cfg.server.share, css=CSS,

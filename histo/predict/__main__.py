@@ -5,20 +5,11 @@ See conf/predict.yaml for every option and :mod:`histo.predict.stage` for what i
 
 from __future__ import annotations
 
-import logging
-import sys
-
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from histo import CONF_DIR
-from histo.ensemble.members import EnsembleError
-from histo.explain.errors import ExplainError
-from histo.predict.errors import PredictError
+from histo.command import hydra_command
 from histo.predict.stage import run_predict
-
-log = logging.getLogger("histo.predict")
 
 
 def predict(cfg: DictConfig, out: str):
@@ -33,13 +24,9 @@ def predict(cfg: DictConfig, out: str):
     )
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
+@hydra_command("predict", prog="histo-predict")
 def main(cfg: DictConfig) -> None:
-    try:
-        predict(cfg, HydraConfig.get().runtime.output_dir)
-    except (PredictError, EnsembleError, ExplainError) as error:
-        log.error("%s", error)
-        sys.exit(2)
+    predict(cfg, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":
