@@ -87,6 +87,9 @@ def test_a_run_killed_after_epoch_2_resumes_to_the_same_predictions_bit_for_bit(
     with open(killed / "csv" / "metrics.csv", newline="") as f:  # appended to: each epoch's validation once
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows if r.get("val/acc")] == [0, 1, 2, 3]
+    # the best checkpoint may be from before the kill: the last one says whether training itself continued alike
+    weights = [torch.load(RunDir(d).last_checkpoint_path, weights_only=True)["state_dict"] for d in (full, killed)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "training after resume diverged"
 
 
 def test_nothing_to_resume_and_ckpt_path_are_clear_errors(synthetic_root, tmp_path):
@@ -137,3 +140,19 @@ def test_only_the_trainers_limits_may_change():
     assert changed_settings(old, {"seed": 1, "trainer": {"max_epochs": 9, "precision": "32-true"}, "resume": True}) == []
     assert changed_settings(old, {"seed": 2, "trainer": {"max_epochs": 4, "precision": "bf16-mixed"}}) == [
         ("seed", 1, 2), ("trainer.precision", "32-true", "bf16-mixed")]
+
+
+def test_the_training_order_depends_on_seed_and_epoch_only():
+    from histo.data.dataset import AugmentationOrder
+
+    order = AugmentationOrder(50, seed=7)
+    state = torch.get_rng_state()
+    first = list(order)
+    assert torch.equal(torch.get_rng_state(), state)  # an epoch's start leaves torch's global generator alone
+    assert list(order) != first  # unset epochs (DDP wraps the sampler): each pass is the next epoch
+    order.set_epoch(0)
+    assert list(order) == first
+    resumed = AugmentationOrder(50, seed=7)
+    resumed.set_epoch(2)
+    order.set_epoch(2)
+    assert list(resumed) == list(order) != first

@@ -166,13 +166,17 @@ class BreakHisDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(name)
+        order = AugmentationOrder(len(dataset)) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self._per_device_batch,
-            sampler=AugmentationOrder(len(dataset)) if shuffle else None,
+            sampler=order,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            # each loader iterator draws a base seed: from its own generator, so that starting an epoch does
+            # not move torch's global one (dropout draws from it; a resumed run restores it)
+            generator=torch.Generator().manual_seed(order.seed) if order is not None else None,
         )
 
     def train_dataloader(self) -> DataLoader:

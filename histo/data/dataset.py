@@ -64,20 +64,28 @@ class AugmentationOrder(Sampler):
     """The training order of ``n`` rows: a new permutation each epoch, each row paired with the seed of its
     augmentations (``(row, seed)`` items for :class:`ImageDataset`).
 
-    Both come from one draw of torch's global generator per epoch. albumentations' ``Compose`` ignores
-    the global seeds (it seeds itself from the operating system), so without this a seeded run would
-    not repeat; with it, a run augments alike with any number of loader workers, persistent or not,
-    and a resumed run (which restores the global generator) as if it had never been interrupted.
+    Both come from ``seed`` (one draw of torch's global generator when the sampler is made, right after
+    seeding) and the epoch Lightning sets (:meth:`set_epoch`), never from the global generator's state when
+    an epoch starts. albumentations' ``Compose`` ignores the global seeds (it seeds itself from the operating
+    system), so without this a seeded run would not repeat; with it, a run augments alike with any number of
+    loader workers, persistent or not, and a resumed run exactly as if it had never been interrupted.
     """
 
-    def __init__(self, n: int):
-        self.n = n
+    def __init__(self, n: int, seed: int | None = None):
+        self.n, self.epoch = n, 0
+        self.seed = int(torch.randint(2**62, (1,)).item()) if seed is None else seed
 
     def __len__(self) -> int:
         return self.n
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning before each training epoch (also the first one after a resume)."""
+        self.epoch = epoch
+
     def __iter__(self):
-        generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,)).item()))
+        # where nobody sets the epoch (DDP wraps this sampler in its own), each pass counts as the next epoch
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
         order = torch.randperm(self.n, generator=generator).tolist()
         seeds = torch.randint(2**31 - 1, (self.n,), generator=generator).tolist()
-        return iter(list(zip(order, seeds, strict=True)))  # drawn now, when the epoch's loader starts
+        return iter(list(zip(order, seeds, strict=True)))
