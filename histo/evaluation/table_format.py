@@ -7,17 +7,9 @@ import math
 
 import pandas as pd
 
-COLUMNS = {  # metric -> column title
-    "accuracy": "accuracy",
-    "balanced_accuracy": "bal. acc.",
-    "precision": "precision",
-    "recall": "recall",
-    "specificity": "specificity",
-    "f1": "F1",
-    "auroc": "AUROC",
-    "patient_recognition_rate": "PRR",
-    "patient_vote_accuracy": "patient vote",
-}
+from histo.evaluation.metrics import METRIC, REGISTRY
+
+COLUMNS = {m.name: m.title for m in REGISTRY}  # metric -> column title, in table order
 DEFINITIONS = (
     "PRR: patient recognition rate, the mean over patients of the share of their images classified correctly "
     "(Spanhol et al. 2016); patient vote: accuracy of one label per patient from the mean probability of its "
@@ -45,7 +37,9 @@ def number(value) -> str:
 def rank_value(overall: dict, metric: str) -> float:
     """The sort key of a row ranked by ``metric`` (best first with ``reverse=True``): missing values last."""
     value = overall.get(metric)
-    return -math.inf if missing(value) or not math.isfinite(value) else value
+    if missing(value) or not math.isfinite(value):
+        return -math.inf
+    return value if METRIC[metric].higher_is_better else -value
 
 
 def errors(overall: dict) -> int:
