@@ -16,7 +16,7 @@ import pandas as pd
 
 from histo.command import UserError
 from histo.evaluation import predictions
-from histo.evaluation.run_dir import PREDICTED_SPLITS, RunDir
+from histo.evaluation.run_dir import PREDICTED_SPLITS, RunDir, unique_names
 
 
 class EnsembleError(UserError):
@@ -180,7 +180,7 @@ def _read_record(run: RunDir) -> dict:
 
 def _names(loaded) -> list[str]:
     models = [record.get("model") or run.path.name for run, record, *_ in loaded]
-    return [m if models.count(m) == 1 else f"{m}@{run.path.name}" for m, (run, *_) in zip(models, loaded, strict=True)]
+    return unique_names(models, [run.path for run, *_ in loaded])
 
 
 def _check_compatible(members: tuple[Member, ...]) -> None:

@@ -16,7 +16,7 @@ import yaml
 
 from histo.evaluation.metrics import METRIC, METRICS, REGISTRY
 from histo.evaluation.run_dir import RunDir
-from histo.evaluation.table_format import number
+from histo.evaluation.table_format import interval, number
 
 RUN_COLUMNS = ("run", "model", "n_images")  # the columns of every comparison, beside the overrides that differ
 SHOWN = tuple(m.name for m in sorted((m for m in REGISTRY if m.compare_column is not None),
@@ -137,9 +137,9 @@ def _with_interval(row: pd.Series, name: str) -> str:
     value, low, high = row.get(name), row.get(f"{name}_low"), row.get(f"{name}_high")
     if value is None or pd.isna(value):
         return "n/a"
-    if low is None or high is None or pd.isna(low) or pd.isna(high):
-        return f"{value:.3f}"
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+    text = interval(None if low is None or high is None or pd.isna(low) or pd.isna(high) else (low, high),
+                    brackets=True)
+    return f"{value:.3f}" + (f" {text}" if text else "")
 
 
 def fold_summary(reports: list[str | Path]) -> pd.DataFrame:

@@ -166,6 +166,15 @@ class RunDir:
         return RunState("unfinished", "no run.json and no checkpoint to resume from")
 
 
+def unique_names(models: list[str], directories: list[str | Path]) -> list[str]:
+    """Each run's name in tables and files: its model, or ``model@<directory name>`` where runs share a model.
+
+    >>> unique_names(["v1_b0", "v1_b0", "v2_b0"], ["runs/a", "runs/b", "runs/c"])
+    ['v1_b0@a', 'v1_b0@b', 'v2_b0']
+    """
+    return [m if models.count(m) == 1 else f"{m}@{Path(d).name}" for m, d in zip(models, directories, strict=True)]
+
+
 def warnings(record: dict) -> list[str]:
     """What a table must say next to a run's numbers: the degenerate splits it was allowed to train on."""
     return [f"degenerate (allow_degenerate=true): {problem}" for problem in record.get("degenerate") or []]

@@ -34,6 +34,18 @@ def number(value) -> str:
     return "-" if missing(value) else f"{value + 0.0:.3f}"
 
 
+def interval(bounds, withheld: bool = False, brackets: bool = False) -> str | None:
+    """A confidence interval as every table writes it: ``low-high`` (``[low, high]`` with ``brackets``),
+    ``no CI`` when ``withheld`` (too few patients for one), None when there is none to show.
+
+    >>> interval([0.81234, 0.9]), interval([0.8, 0.9], brackets=True), interval(None, withheld=True), interval(None)
+    ('0.812-0.900', '[0.800, 0.900]', 'no CI', None)
+    """
+    if not bounds or bounds[0] is None:
+        return "no CI" if withheld else None
+    return f"[{bounds[0]:.3f}, {bounds[1]:.3f}]" if brackets else f"{bounds[0]:.3f}-{bounds[1]:.3f}"
+
+
 def rank_value(overall: dict, metric: str) -> float:
     """The sort key of a row ranked by ``metric`` (best first with ``reverse=True``): missing values last."""
     value = overall.get(metric)
