@@ -17,7 +17,7 @@ from histo.stain.lab import integer_lab_to_rgb, integer_rgb_to_lab, lab_to_rgb, 
 from histo.stain.lasso import nonneg_lasso
 from histo.stain.percentile import percentile
 
-STAIN_METHODS = ("vahadane", "macenko", "reinhard")
+STAIN_METHODS = tuple(m for m in METHODS if m != "none")  # every normalizer: a new one is tested with no edit here
 # torchstain's reference H&E: an eosin with enough red and blue optical density for Macenko's beta.
 REFERENCE_HE = np.array([[0.5626, 0.7201, 0.4062], [0.2159, 0.8012, 0.5581]])
 
