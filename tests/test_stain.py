@@ -320,7 +320,7 @@ def test_real_images_normalize_deterministically_in_batches(method, real_images)
     assert failed == [None] * len(same)
     assert torch.equal(out, normalizer.transform(images))
     assert torch.equal(out[:1], normalizer.transform(images[:1]))
-    if method != "reinhard":
+    if "stain_matrix" in normalizer.target.values:  # methods that separate stains (not Reinhard's colour transfer)
         matrix = torch.tensor(normalizer.target.values["stain_matrix"])
         assert matrix[0, 0] > matrix[1, 0]  # haematoxylin (more red optical density) first
         assert angles(matrix, REFERENCE_HE).max() < 25

@@ -46,6 +46,19 @@ def interval(bounds, withheld: bool = False, brackets: bool = False) -> str | No
     return f"[{bounds[0]:.3f}, {bounds[1]:.3f}]" if brackets else f"{bounds[0]:.3f}-{bounds[1]:.3f}"
 
 
+def fmt_prob(p: float) -> str:
+    """Probabilities to three decimals, without rounding a near-certainty to 1.000 or 0.000.
+
+    >>> fmt_prob(0.99996), fmt_prob(0.00002), fmt_prob(0.5)
+    ('>0.999', '<0.001', '0.500')
+    """
+    if p > 0.999:
+        return ">0.999"
+    if p < 0.001:
+        return "<0.001"
+    return f"{p:.3f}"
+
+
 def rank_value(overall: dict, metric: str) -> float:
     """The sort key of a row ranked by ``metric`` (best first with ``reverse=True``): missing values last."""
     value = overall.get(metric)

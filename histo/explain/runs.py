@@ -12,8 +12,8 @@ from pathlib import Path
 
 from histo.evaluation.paper import display_name, order_key
 from histo.evaluation.run_dir import RunDir, unique_names
+from histo.evaluation.run_inputs import RunInputs, run_inputs
 from histo.explain.errors import ExplainError
-from histo.explain.inputs import RunInputs, run_inputs
 
 
 @dataclass

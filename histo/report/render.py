@@ -13,8 +13,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from histo.evaluation.table_format import COLUMNS, errors, interval, number, paper_cells, rank_value
-from histo.explain.montage import fmt_prob
+from histo.evaluation.table_format import COLUMNS, errors, fmt_prob, interval, number, paper_cells, rank_value
 from histo.report.gallery import Thumb
 from histo.report.plots import PAGE_PX
 
