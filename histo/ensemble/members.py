@@ -1,6 +1,6 @@
 """The members of an ensemble: finished runs whose prediction files can be combined.
 
-Members are loaded from run directories (``run.json`` + ``predictions/{val,test}.csv``, DESIGN.md)
+Members are loaded from run directories (``run.json`` + ``predictions/{val,test}.csv``, :mod:`histo.evaluation.predictions`)
 and checked against each other before anything is combined: at least two distinct runs, the same
 task and classes, the same split (fingerprint), and on val and test the same images with the same
 patients and labels. Every refusal names the run directory and the reason.

@@ -1,6 +1,6 @@
 """A training run's directory: where its files are, its ``run.json`` record, and what state it is in.
 
-    <run>/run.json                 what the run was and what it scored (see DESIGN.md); written last and
+    <run>/run.json                 what the run was and what it scored (written by histo.train); written last and
                                    atomically, so a directory with a run.json holds a finished run
     <run>/split.csv                the split it used (fingerprint in run.json)
     <run>/predictions/{val,test}.csv
