@@ -26,9 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from histo.evaluation.compare import find_runs, fold_summary, fold_summary_markdown
 from histo.evaluation.mcnemar import mcnemar_frames
 from histo.evaluation.paper import MODELS
+from histo.evaluation.run_comparison import find_runs, fold_summary, fold_summary_markdown
 
 ENSEMBLES = ["v1", "v2", "all"]
 # --smoke: tiny and fast, on CPU (what CI runs so the reproduction path never rots).

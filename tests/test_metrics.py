@@ -8,7 +8,7 @@ import pytest
 from sklearn import metrics as skm
 
 from histo.evaluation import calibration, metrics, predictions
-from histo.evaluation.compare import SHOWN
+from histo.evaluation.run_comparison import SHOWN
 from histo.evaluation.table_format import COLUMNS
 
 # Patient A (malignant): 3 images, 2 right. Patient B (benign): 2 images, 1 right.
