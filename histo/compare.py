@@ -2,7 +2,7 @@
 
 Prints a table (one row per run: the overrides that differ, metrics with 95 % intervals; unfinished
 and broken runs with their state) and writes it as ``compare.md`` and ``compare.csv`` into the
-directory (or ``--out``).
+directory (or ``--out``). The logic is :mod:`histo.evaluation.run_comparison`; this module is the command.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from histo.command import USAGE_STATUS
-from histo.evaluation.compare import comparison, to_markdown
 from histo.evaluation.metrics import METRICS
+from histo.evaluation.run_comparison import comparison, to_markdown
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,8 +33,6 @@ from scipy.stats import norm
 from histo.evaluation import bootstrap, metrics
 
 SHOWN = ("accuracy", "balanced_accuracy", "auroc", "patient_recognition_rate", "specificity")
-TITLES = {"accuracy": "accuracy", "balanced_accuracy": "bal. acc.", "auroc": "AUROC",
-          "patient_recognition_rate": "PRR", "specificity": "specificity"}
 
 
 def truths(n_benign: int, n_malignant: int, mu_benign: float, mu_malignant: float, sd_patient: float,
@@ -110,7 +108,7 @@ def split_sizes(patients: int, benign_share: float) -> tuple[int, int]:
 
 def old_vs_new(frame: pd.DataFrame, default: bootstrap.Scheme) -> str:
     """Coverage of histo's previous method and of the default, per metric and size."""
-    header = ["test patients (B/M)", "images", *[f"{TITLES[m]}: old / new" for m in SHOWN]]
+    header = ["test patients (B/M)", "images", *[f"{metrics.METRIC[m].title}: old / new" for m in SHOWN]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (patients, n_images), cell in frame.groupby(["patients", "images"], sort=True):
         first = cell.iloc[0]

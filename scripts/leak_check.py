@@ -31,8 +31,8 @@ import numpy as np
 from scipy.stats import t
 
 from histo.evaluation import metrics
-from histo.evaluation.compare import find_runs
 from histo.evaluation.json_file import write_json
+from histo.evaluation.run_comparison import find_runs
 from histo.evaluation.table_format import COLUMNS
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "breakhis-sample" / "BreaKHis_v1"

@@ -26,12 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-from histo.evaluation.compare import find_runs, fold_summary, fold_summary_markdown
 from histo.evaluation.mcnemar import mcnemar_frames
 from histo.evaluation.paper import MODELS
+from histo.evaluation.run_comparison import find_runs, fold_summary, fold_summary_markdown
 
 ENSEMBLES = ["v1", "v2", "all"]
-METHODS = "[soft,hard,weighted,stack,greedy,feature_stack]"
 # --smoke: tiny and fast, on CPU (what CI runs so the reproduction path never rots).
 SMOKE = ["trainer=cpu", "model.pretrained=false", "model.image_size=32", "trainer.max_epochs=1",
          "data.num_workers=0", "data.batch_size=16", "trainer.enable_progress_bar=false",
@@ -78,7 +77,7 @@ def ensembles_and_report(sweep: Path, out: Path, extra: list[str], explain_extra
     dirs = []
     for name in ENSEMBLES:
         dirs.append(out / "ensembles" / name)
-        histo("ensemble", f"members={name}", f"sweep_dir={sweep}", f"out={dirs[-1]}", f"methods={METHODS}",
+        histo("ensemble", f"members={name}", f"sweep_dir={sweep}", f"out={dirs[-1]}", "methods=all",
               "compare_to=paper", *extra)
     runs = ",".join(str(run.path) for run in find_runs(sweep))
     histo("explain", f"runs=[{runs}]", "images=misclassified", f"out={dirs[-1] / 'explain'}", *explain_extra)

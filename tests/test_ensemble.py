@@ -20,6 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from histo import CONF_DIR
 from histo.ensemble.__main__ import ensemble
 from histo.ensemble.members import EnsembleError, load_members
+from histo.ensemble.methods import METHODS
 from histo.ensemble.stage import run_ensemble
 from histo.evaluation import metrics, paper, predictions
 from histo.evaluation.run_dir import RunDir
@@ -171,8 +172,8 @@ def subtype_runs(tmp_path) -> list[Path]:
 
 
 def test_subtype_ensemble_with_every_method(subtype_runs, tmp_path):
-    methods = ["soft", "hard", "weighted", "stack", "greedy", "feature_stack"]
-    doc = run_ensemble(subtype_runs, tmp_path / "out", methods=methods, resamples=FAST["resamples"],
+    methods = list(METHODS)
+    doc = run_ensemble(subtype_runs, tmp_path / "out", methods="all", resamples=FAST["resamples"],
                        settings=FAST["settings"])
     assert doc["task"] == "subtype" and doc["positive_class"] is None
     assert doc["val_folds"]["grouping"] == "patient"  # 3 val patients per subtype: grouped folds
@@ -199,7 +200,7 @@ def test_unsorted_prediction_files_keep_features_aligned(subtype_runs):
 
 
 def test_nothing_is_fitted_on_test_labels(subtype_runs, tmp_path):
-    methods = ["weighted", "stack", "greedy", "feature_stack"]
+    methods = [name for name, method in METHODS.items() if method.fitted]
     run_ensemble(subtype_runs, tmp_path / "a", methods=methods, resamples=0, settings=FAST["settings"])
     labels = RunDir(subtype_runs[0]).read_predictions("test")["label"].to_numpy()
     new_labels = np.random.default_rng(1).permutation(labels)
@@ -224,9 +225,8 @@ def _compose(*overrides: str):
 
 def test_command_end_to_end_over_two_trained_runs(trained_runs, tmp_path):
     out = tmp_path / "ensemble"
-    methods = "[soft,hard,weighted,stack,greedy,feature_stack]"
     result = subprocess.run(
-        [sys.executable, "-m", "histo.ensemble", f"runs=[{trained_runs[0]},{trained_runs[1]}]", f"methods={methods}",
+        [sys.executable, "-m", "histo.ensemble", f"runs=[{trained_runs[0]},{trained_runs[1]}]", "methods=all",
          f"out={out}", "compare_to=paper", "calibrate=true", "bootstrap.resamples=100",
          "settings.feature_stack.max_epochs=20"],
         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HYDRA_FULL_ERROR": "1"},
@@ -236,7 +236,7 @@ def test_command_end_to_end_over_two_trained_runs(trained_runs, tmp_path):
 
     doc = json.loads((out / "metrics.json").read_text())
     assert set(doc["members"]) == {"v1_b0", "v2_b0"}
-    assert set(doc["methods"]) == {"soft", "hard", "weighted", "stack", "greedy", "feature_stack"}
+    assert list(doc["methods"]) == list(METHODS)
     member_test = RunDir(trained_runs[0]).read_predictions("test")
     for name, entry in {**doc["members"], **doc["methods"]}.items():
         overall, ci = entry["test"]["overall"], entry["test"]["ci"]["overall"]

@@ -1,12 +1,46 @@
-"""Combination methods on small hand-computed arrays: averaging, voting, weights, greedy, stacking, folds, MLP."""
+"""Combination methods on small hand-computed arrays: averaging, voting, weights, greedy, stacking, folds, MLP;
+and the method registry, whose every entry must be complete and agree with the config and the README."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import REPO
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
+from histo import CONF_DIR
 from histo.ensemble import averaging, feature_stack, greedy, stacking, weighted
 from histo.ensemble.folds import val_folds
+from histo.ensemble.methods import DEFAULT, METHODS, REGISTRY, selected
+from histo.evaluation import metrics
+
+
+def _ensemble_config():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="ensemble")
+
+
+@pytest.mark.parametrize("method", REGISTRY, ids=lambda m: m.name)
+def test_every_registered_method_is_declared_completely(method):
+    assert method.description and method.val_used
+    assert method.fitted_on in ("nothing", "val") and method.fitted == (method.fitted_on == "val")
+    assert method.score in metrics.SCORES
+    assert callable(method.combine) and callable(method.apply)
+    options = _ensemble_config().settings.get(method.name) or {}
+    assert set(options) <= set(method.setting_names()), f"conf/ensemble.yaml settings.{method.name}"
+    rows = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(f"| {method.name} | ")]
+    assert len(rows) == 1, f"README.md's method table needs one row for {method.name}"
+    assert rows[0].split("|")[-2].strip().startswith(method.fitted_on), "README.md's 'fitted on' column"
+
+
+def test_the_config_default_and_all_come_from_the_registry():
+    assert len(METHODS) == len(REGISTRY)  # no two entries of one name
+    assert selected(_ensemble_config().methods) == list(DEFAULT) == [m.name for m in REGISTRY if m.default]
+    assert selected("all") == [m.name for m in REGISTRY] and selected(["soft"]) == ["soft"]
+    settings = _ensemble_config().settings
+    assert set(settings) <= set(METHODS), "conf/ensemble.yaml has settings for a method not in the registry"
 
 
 def test_soft_is_the_mean_of_probabilities():

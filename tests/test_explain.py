@@ -18,9 +18,9 @@ from PIL import Image
 from histo import CONF_DIR
 from histo.evaluation import predictions
 from histo.evaluation.run_dir import RunDir
+from histo.evaluation.run_inputs import evaluation_inputs, run_inputs
 from histo.explain.cam import METHODS, compute_cams
 from histo.explain.errors import ExplainError
-from histo.explain.inputs import evaluation_inputs, run_inputs
 from histo.explain.montage import overlay
 from histo.explain.runs import load_runs
 from histo.explain.selection import select_images

@@ -8,6 +8,8 @@ import pytest
 from sklearn import metrics as skm
 
 from histo.evaluation import calibration, metrics, predictions
+from histo.evaluation.run_comparison import SHOWN
+from histo.evaluation.table_format import COLUMNS
 
 # Patient A (malignant): 3 images, 2 right. Patient B (benign): 2 images, 1 right.
 LABELS = np.array([1, 1, 1, 0, 0])
@@ -124,3 +126,26 @@ def test_temperature_scaling_softens_overconfident_logits_without_changing_predi
     before = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     assert calibration.log_loss(labels, scaled) < calibration.log_loss(labels, before)
     assert calibration.expected_calibration_error(labels, scaled) < calibration.expected_calibration_error(labels, before)
+
+
+@pytest.mark.parametrize("metric", metrics.REGISTRY, ids=lambda m: m.name)
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_every_registered_metric_is_a_rate_per_weighting_with_a_title(metric, n_classes):
+    rng = np.random.default_rng(n_classes)
+    labels = np.r_[np.arange(n_classes), rng.integers(0, n_classes, 30)]
+    probs = rng.dirichlet(np.ones(n_classes), len(labels))
+    table = metrics.patient_table(labels, probs, rng.integers(0, 8, len(labels)))
+    weights = rng.integers(0, 3, (5, len(table.patients))).astype(float)
+    weights[:, 0] += 1  # every weighting draws someone
+    values = metric.compute(metrics.Counts.of(table, weights))
+    assert values.shape == (5,) and np.all((values[~np.isnan(values)] >= 0) & (values[~np.isnan(values)] <= 1))
+    assert metric.title and COLUMNS[metric.name] == metric.title
+    np.testing.assert_array_equal(metrics.scores(table, weights)[metric.name], values)
+
+
+def test_metric_registry_names_and_compare_columns():
+    assert list(metrics.scores(metrics.patient_table(LABELS, PROBS, PATIENTS))) == list(metrics.METRICS)
+    assert len(metrics.METRIC) == len(metrics.REGISTRY) == len(COLUMNS)
+    places = sorted(m.compare_column for m in metrics.REGISTRY if m.compare_column is not None)
+    assert places == list(range(len(SHOWN)))
+    assert set(SHOWN) <= set(metrics.METRICS)

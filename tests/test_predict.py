@@ -17,6 +17,7 @@ from helpers import train_config
 from PIL import Image
 
 from histo.ensemble import fitted
+from histo.ensemble.methods import METHODS
 from histo.ensemble.stage import run_ensemble
 from histo.evaluation import predictions
 from histo.evaluation.run_dir import RunDir
@@ -44,7 +45,7 @@ def stained_cached_run(synthetic_root, tmp_path_factory) -> Path:
 def ensemble_dir(trained_runs, tmp_path_factory) -> Path:
     """histo-ensemble with every method over the two fixture runs, with a temperature per method."""
     out = tmp_path_factory.mktemp("ensemble")
-    run_ensemble(trained_runs, out, methods=list(fitted.APPLY), calibrate=True, resamples=0,
+    run_ensemble(trained_runs, out, methods="all", calibrate=True, resamples=0,
                  settings={"feature_stack": {"max_epochs": 15, "patience": 5}})
     return out
 
@@ -83,7 +84,7 @@ def ensemble_members(ensemble_dir):
     return load_runs(soft.member_runs(), torch.device("cpu"), names=soft.member_names)
 
 
-@pytest.mark.parametrize("method", list(fitted.APPLY))
+@pytest.mark.parametrize("method", list(METHODS))
 def test_a_fitted_ensemble_reproduces_its_test_predictions(ensemble_dir, ensemble_members, trained_runs, method):
     reference = predictions.read(ensemble_dir / "predictions" / f"{method}_test.csv")
     _, paths = _test_images(trained_runs[0])
@@ -94,7 +95,7 @@ def test_a_fitted_ensemble_reproduces_its_test_predictions(ensemble_dir, ensembl
     # calibrated: softmax(log p / T) with the temperature histo-ensemble fitted on val; none for vote shares
     calibration = json.loads((ensemble_dir / "metrics.json").read_text())["methods"][method].get("calibration")
     if calibration is None:
-        assert method == "hard"
+        assert METHODS[method].score == "vote_share"
         with pytest.raises(PredictError, match="vote shares"):
             Predictor(ensemble_members, fitted.load(ensemble_dir, method), calibrated=True)
         return
@@ -109,7 +110,7 @@ def test_fitted_files_are_plain_data_and_refuse_a_changed_member(ensemble_dir, t
         assert path.suffix in (".json", ".safetensors")
         if path.suffix == ".json":
             assert json.loads(path.read_text())["format"] == fitted.FORMAT
-    assert fitted.available(ensemble_dir) == sorted(fitted.APPLY)
+    assert fitted.available(ensemble_dir) == sorted(METHODS)
     moved = tmp_path / "moved"  # runs and ensemble moved together: found by their relative paths
     for run in trained_runs:
         shutil.copytree(run, moved / "runs" / run.name)

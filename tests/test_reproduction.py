@@ -8,10 +8,10 @@ import re
 import pandas as pd
 import pytest
 
-from histo.evaluation.compare import fold_summary, fold_summary_markdown
+from histo.ensemble.methods import METHODS
+from histo.evaluation.run_comparison import fold_summary, fold_summary_markdown
 
 MODELS = ["V1-B0", "V1-B1", "V1-B2", "V1-B3", "V1-B4", "V2-B0", "V2-B1", "V2-B2", "V2-B3", "V2-S"]
-METHODS = ["soft", "hard", "weighted", "stack", "greedy", "feature_stack"]
 
 
 @pytest.mark.slow

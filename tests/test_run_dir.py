@@ -19,8 +19,8 @@ from helpers import FAST, train_config
 from histo import CONF_DIR
 from histo.ensemble.members import EnsembleError, load_members
 from histo.ensemble.stage import run_ensemble
-from histo.evaluation.compare import comparison, to_markdown
 from histo.evaluation.predictions import PredictionFileError
+from histo.evaluation.run_comparison import comparison, to_markdown
 from histo.evaluation.run_dir import RunDir
 from histo.evaluation.run_lock import RunDirBusy, RunLock, holder
 from histo.explain.errors import ExplainError

@@ -17,7 +17,7 @@ from histo.stain.lab import integer_lab_to_rgb, integer_rgb_to_lab, lab_to_rgb, 
 from histo.stain.lasso import nonneg_lasso
 from histo.stain.percentile import percentile
 
-STAIN_METHODS = ("vahadane", "macenko", "reinhard")
+STAIN_METHODS = tuple(m for m in METHODS if m != "none")  # every normalizer: a new one is tested with no edit here
 # torchstain's reference H&E: an eosin with enough red and blue optical density for Macenko's beta.
 REFERENCE_HE = np.array([[0.5626, 0.7201, 0.4062], [0.2159, 0.8012, 0.5581]])
 
@@ -320,7 +320,7 @@ def test_real_images_normalize_deterministically_in_batches(method, real_images)
     assert failed == [None] * len(same)
     assert torch.equal(out, normalizer.transform(images))
     assert torch.equal(out[:1], normalizer.transform(images[:1]))
-    if method != "reinhard":
+    if "stain_matrix" in normalizer.target.values:  # methods that separate stains (not Reinhard's colour transfer)
         matrix = torch.tensor(normalizer.target.values["stain_matrix"])
         assert matrix[0, 0] > matrix[1, 0]  # haematoxylin (more red optical density) first
         assert angles(matrix, REFERENCE_HE).max() < 25

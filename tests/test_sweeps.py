@@ -101,7 +101,7 @@ def test_slurm_and_optuna_configs_compose(tmp_path):
 
 def test_histo_compare_sorts_by_val_unless_asked(tmp_path, capsys):
     # Sorting by test picks the winner on the numbers it then reports; the default ranks by val.
-    from histo.evaluation.compare import comparison
+    from histo.evaluation.run_comparison import comparison
     for name, val, test in [("a", 0.9, 0.6), ("b", 0.7, 0.8), ("c", 0.8, 0.7)]:
         scores = {split: {"overall": {"n_images": 10, "balanced_accuracy": v}} for split, v in (("val", val), ("test", test))}
         RunDir(tmp_path / name).write_record({"model": "v1_b0", "metrics": scores})

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from histo.command import hydra_command
 from histo.ensemble.members import EnsembleError, runs_of_models
+from histo.ensemble.methods import selected
 from histo.ensemble.stage import run_ensemble
 
 
@@ -25,7 +26,7 @@ def ensemble(cfg: DictConfig, out: str) -> dict:
         raise EnsembleError("sweep_dir is set but no models to pick from it: add members=v1|v2|all or models='[...]'.")
     settings = OmegaConf.to_container(cfg.settings, resolve=True) if cfg.get("settings") else {}
     return run_ensemble(
-        runs, out, methods=_as_list(cfg.methods), name=cfg.name, calibrate=cfg.calibrate, compare_to=cfg.compare_to,
+        runs, out, methods=selected(cfg.methods), name=cfg.name, calibrate=cfg.calibrate, compare_to=cfg.compare_to,
         rank_by=cfg.rank_by, seed=cfg.seed, resamples=cfg.bootstrap.resamples, level=cfg.bootstrap.level,
         folds=cfg.cv.folds, settings=settings,
     )

@@ -29,11 +29,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from histo.ensemble import averaging, stacking, weighted
-from histo.ensemble.feature_stack import FittedMLP
 from histo.ensemble.members import EnsembleError, Members
-from histo.ensemble.methods import SCORES
-from histo.evaluation import calibration, predictions
+from histo.ensemble.methods import METHODS
+from histo.evaluation import calibration
 from histo.evaluation.json_file import write_json
 from histo.evaluation.run_dir import RunDir
 
@@ -62,7 +60,7 @@ class FittedEnsemble:
     @property
     def needs_features(self) -> bool:
         """Whether :meth:`combine` needs the members' penultimate features (feature_stack)."""
-        return self.method == "feature_stack"
+        return METHODS[self.method].needs_features
 
     def combine(self, logits: np.ndarray, features: Sequence[np.ndarray] | None = None,
                 calibrated: bool = False) -> np.ndarray:
@@ -73,8 +71,8 @@ class FittedEnsemble:
             raise EnsembleError(f"{self.path}: expected logits of {len(self.members)} members x images x "
                                 f"{len(self.class_names)} classes, got shape {logits.shape}.")
         if self.needs_features and (features is None or len(features) != len(self.members)):
-            raise EnsembleError(f"{self.path}: method feature_stack needs each member's penultimate features.")
-        probs = APPLY[self.method](self, logits, features)
+            raise EnsembleError(f"{self.path}: method {self.method} needs each member's penultimate features.")
+        probs = METHODS[self.method].apply(self, logits, features)
         if not calibrated:
             return probs
         if self.temperature is None:
@@ -83,7 +81,7 @@ class FittedEnsemble:
 
     def no_temperature(self) -> str:
         """Why ``calibrated`` cannot be applied: no temperature in the file."""
-        if SCORES.get(self.method) == "vote_share":
+        if METHODS[self.method].score == "vote_share":
             return (f"{self.path}: {self.method} outputs vote shares, not probabilities, so no temperature is "
                     "fitted for it; use calibrated=false or a soft method.")
         return f"{self.path} has no temperature: run histo-ensemble with calibrate=true to fit one."
@@ -148,6 +146,8 @@ def load(ensemble_dir: str | Path, method: str) -> FittedEnsemble:
         document = json.loads(path.read_text())
     except ValueError as error:
         raise EnsembleError(f"{path} is not valid JSON ({error}).") from error
+    if method not in METHODS:
+        raise EnsembleError(f"{path}: method {method!r} is not one this histo knows ({', '.join(METHODS)}).")
     if document.get("format") != FORMAT or document.get("version") != VERSION or document.get("method") != method:
         raise EnsembleError(f"{path} is not a version-{VERSION} fitted {method} ensemble file.")
     tensors = load_file(str(path.parent / document["tensors"])) if document.get("tensors") else {}
@@ -187,31 +187,3 @@ def _member(member, ensemble_dir: Path) -> dict:
         "run_relative": os.path.relpath(run, ensemble_dir.resolve()),
         "val_sha256": sha256(member.run.predictions_path("val")),
     }
-
-
-def _probabilities(logits: np.ndarray) -> np.ndarray:
-    return predictions.softmax(logits)
-
-
-def _stack(fitted: FittedEnsemble, logits, features) -> np.ndarray:
-    return stacking.predict(fitted.params, stacking.stack_features(logits), len(fitted.class_names))
-
-
-def _feature_stack(fitted: FittedEnsemble, logits, features) -> np.ndarray:
-    p = fitted.params
-    sizes = [np.asarray(f).shape[1] for f in features]
-    if sizes != list(p["feature_sizes"]):
-        raise EnsembleError(f"{fitted.path}: the members give features of sizes {sizes}, the MLP was fitted on "
-                            f"{p['feature_sizes']}.")
-    mlp = FittedMLP.from_tensors(fitted.tensors, p["hidden"], p["dropout"], p["n_classes"])
-    return mlp.predict(np.concatenate([np.asarray(f, dtype=np.float32) for f in features], axis=1))
-
-
-APPLY = {  # method -> (fitted, member logits (M, N, C), member features) -> (N, C) probabilities
-    "soft": lambda fitted, logits, features: averaging.soft(_probabilities(logits)),
-    "hard": lambda fitted, logits, features: averaging.hard(_probabilities(logits)),
-    "weighted": lambda fitted, logits, features: weighted.mix(_probabilities(logits), fitted.params["weights"]),
-    "greedy": lambda fitted, logits, features: weighted.mix(_probabilities(logits), fitted.params["weights"]),
-    "stack": _stack,
-    "feature_stack": _feature_stack,
-}

@@ -1,6 +1,6 @@
 """The members of an ensemble: finished runs whose prediction files can be combined.
 
-Members are loaded from run directories (``run.json`` + ``predictions/{val,test}.csv``, DESIGN.md)
+Members are loaded from run directories (``run.json`` + ``predictions/{val,test}.csv``, :mod:`histo.evaluation.predictions`)
 and checked against each other before anything is combined: at least two distinct runs, the same
 task and classes, the same split (fingerprint), and on val and test the same images with the same
 patients and labels. Every refusal names the run directory and the reason.
@@ -16,7 +16,7 @@ import pandas as pd
 
 from histo.command import UserError
 from histo.evaluation import predictions
-from histo.evaluation.run_dir import PREDICTED_SPLITS, RunDir
+from histo.evaluation.run_dir import PREDICTED_SPLITS, RunDir, unique_names
 
 
 class EnsembleError(UserError):
@@ -180,7 +180,7 @@ def _read_record(run: RunDir) -> dict:
 
 def _names(loaded) -> list[str]:
     models = [record.get("model") or run.path.name for run, record, *_ in loaded]
-    return [m if models.count(m) == 1 else f"{m}@{run.path.name}" for m, (run, *_) in zip(models, loaded, strict=True)]
+    return unique_names(models, [run.path for run, *_ in loaded])
 
 
 def _check_compatible(members: tuple[Member, ...]) -> None:

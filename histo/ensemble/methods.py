@@ -1,17 +1,10 @@
-"""The ensemble methods by name, each turning validated members into one :class:`Combination`.
+"""The ensemble methods: one :class:`Method` declaration each in :data:`REGISTRY`, from which everything
+else derives (histo-ensemble's choices and default list, metrics.json's descriptions, which val
+predictions a method reports, how histo-predict applies a fitted method, the tests that loop over them).
 
-==============  ==========================================================================  ==========
-method          what                                                                        fitted on
-==============  ==========================================================================  ==========
-soft            mean of the members' softmax probabilities                                  nothing
-hard            majority of the members' argmax, ties broken by the soft mean               nothing
-weighted        weighted mean, weights >= 0 summing to 1, minimising log loss               val
-stack           logistic regression on the members' logits, C chosen by grouped CV          val
-greedy          Caruana et al. 2004 forward selection with replacement, by log loss         val
-feature_stack   MLP (128, 32, BN, dropout 0.2) on concatenated penultimate features        val
-==============  ==========================================================================  ==========
-
-Nothing is fitted or selected on test labels: a method sees test logits only to predict them.
+Adding a method is one entry in :data:`REGISTRY` with its two functions (and a row in README.md's method
+table, which a test checks). Nothing is fitted or selected on test labels: a method sees test logits only
+to predict them.
 """
 
 from __future__ import annotations
@@ -20,38 +13,18 @@ import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from histo.ensemble import averaging, feature_stack, greedy, stacking, weighted
+from histo.ensemble.feature_stack import FittedMLP
 from histo.ensemble.folds import Folds, out_of_fold
 from histo.ensemble.members import EnsembleError, Members
-from histo.evaluation import calibration
+from histo.evaluation import calibration, predictions
 
-FITTED = ("weighted", "stack", "greedy", "feature_stack")
-DESCRIPTIONS = {
-    "soft": "mean of the members' softmax probabilities",
-    "hard": "majority of the members' argmax, ties broken by the soft mean; scores are vote shares",
-    "weighted": "weighted mean of probabilities, weights >= 0 summing to 1 fitted on val by log loss",
-    "stack": "logistic regression on the members' val logits, C chosen by cross-validation on val",
-    "greedy": "forward selection with replacement on val by log loss (Caruana et al. 2004)",
-    "feature_stack": "MLP on the members' concatenated penultimate features, fitted on val, early stopping on a "
-                     "val hold-out fold",
-}
-
-SCORES = {  # what a method's output is, for metrics.evaluate(score=...): probabilities unless listed
-    "hard": "vote_share",
-}
-
-VAL_USED = {  # which val predictions a method reports (and a temperature is fitted on)
-    "soft": "val",
-    "hard": "val",
-    "weighted": "val, out-of-fold predictions",
-    "stack": "val, out-of-fold predictions",
-    "greedy": "val, out-of-fold predictions",
-    "feature_stack": "val hold-out fold (early stopping)",
-}
-
+if TYPE_CHECKING:
+    from histo.ensemble.fitted import FittedEnsemble
 
 @dataclass(frozen=True)
 class Combination:
@@ -74,29 +47,58 @@ class Combination:
         return np.log(np.clip(self.val, 1e-300, None))
 
 
+@dataclass(frozen=True)
+class Method:
+    """One ensemble method, declared once: what it is, what it is fitted on, and its two functions."""
+
+    name: str
+    description: str  # metrics.json's "description" of the method
+    fitted_on: str  # "nothing" | "val": fitted methods need the val folds
+    val_used: str  # which val predictions it reports (and a temperature is fitted on)
+    combine: Callable[..., Combination]  # (members, folds, seed, **settings) -> Combination
+    apply: Callable[..., np.ndarray]  # (FittedEnsemble, member logits (M, N, C), member features) -> (N, C)
+    score: str = "probability"  # what its output is, for metrics.evaluate(score=...)
+    needs_features: bool = False  # combines the members' penultimate features (runs with predict.features=true)
+    default: bool = True  # among histo-ensemble's default methods (methods=default)
+    settings: type | None = None  # dataclass of its settings.<name> options; None: combine's keyword arguments
+
+    @property
+    def fitted(self) -> bool:
+        return self.fitted_on != "nothing"
+
+    def setting_names(self) -> list[str]:
+        """The options it takes from ``settings.<name>`` of the config."""
+        if self.settings is not None:
+            return [f.name for f in dataclasses.fields(self.settings)]
+        return list(inspect.signature(self.combine).parameters)[3:]  # after (members, folds, seed)
+
+
 def combine(method: str, members: Members, folds: Folds | None, seed: int, settings: dict | None = None) -> Combination:
     """Run ``method`` (one of :data:`METHODS`) on ``members``; fitted methods need the val ``folds``."""
     if method not in METHODS:
         raise EnsembleError(f"Unknown ensemble method {method!r}; use some of {', '.join(METHODS)}.")
-    if method in FITTED and folds is None:
+    if METHODS[method].fitted and folds is None:
         raise ValueError(f"Method {method} is fitted on val and needs val folds.")
     check_settings(method, settings)
-    return METHODS[method](members, folds, seed, **(settings or {}))
+    return METHODS[method].combine(members, folds, seed, **(settings or {}))
 
 
 def check_settings(method: str, settings: dict | None) -> None:
     """Refuse options ``settings.<method>`` that ``method`` does not take, naming the valid ones."""
-    unknown = sorted(set(settings or {}) - set(setting_names(method)))
+    names = METHODS[method].setting_names()
+    unknown = sorted(set(settings or {}) - set(names))
     if unknown:
         raise EnsembleError(f"settings.{method} has unknown options {', '.join(unknown)}; "
-                            f"valid: {', '.join(setting_names(method)) or 'none'}.")
+                            f"valid: {', '.join(names) or 'none'}.")
 
 
-def setting_names(method: str) -> list[str]:
-    """The options a method takes from ``settings.<method>`` of the config."""
-    if method == "feature_stack":
-        return [f.name for f in dataclasses.fields(feature_stack.Settings)]
-    return list(inspect.signature(METHODS[method]).parameters)[3:]  # after (members, folds, seed)
+def selected(methods) -> list[str]:
+    """The method names of a ``methods`` option: ``default`` (:data:`DEFAULT`), ``all``, one name or a list."""
+    if methods is None or methods == "default":
+        return list(DEFAULT)
+    if methods == "all":
+        return list(METHODS)
+    return [methods] if isinstance(methods, str) else list(methods)
 
 
 def _soft(members: Members, folds, seed) -> Combination:
@@ -209,11 +211,50 @@ def _by_member(members: Members, values: np.ndarray) -> dict[str, float]:
     return {name: float(v) for name, v in zip(members.names, values, strict=True)}
 
 
-METHODS: dict[str, Callable[..., Combination]] = {
-    "soft": _soft,
-    "hard": _hard,
-    "weighted": _weighted,
-    "stack": _stack,
-    "greedy": _greedy,
-    "feature_stack": _feature_stack,
-}
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    return predictions.softmax(logits)
+
+
+def _apply_soft(fitted: FittedEnsemble, logits, features) -> np.ndarray:
+    return averaging.soft(_probabilities(logits))
+
+
+def _apply_hard(fitted: FittedEnsemble, logits, features) -> np.ndarray:
+    return averaging.hard(_probabilities(logits))
+
+
+def _apply_weights(fitted: FittedEnsemble, logits, features) -> np.ndarray:
+    return weighted.mix(_probabilities(logits), fitted.params["weights"])
+
+
+def _apply_stack(fitted: FittedEnsemble, logits, features) -> np.ndarray:
+    return stacking.predict(fitted.params, stacking.stack_features(logits), len(fitted.class_names))
+
+
+def _apply_feature_stack(fitted: FittedEnsemble, logits, features) -> np.ndarray:
+    p = fitted.params
+    sizes = [np.asarray(f).shape[1] for f in features]
+    if sizes != list(p["feature_sizes"]):
+        raise EnsembleError(f"{fitted.path}: the members give features of sizes {sizes}, the MLP was fitted on "
+                            f"{p['feature_sizes']}.")
+    mlp = FittedMLP.from_tensors(fitted.tensors, p["hidden"], p["dropout"], p["n_classes"])
+    return mlp.predict(np.concatenate([np.asarray(f, dtype=np.float32) for f in features], axis=1))
+
+
+OUT_OF_FOLD = "val, out-of-fold predictions"
+REGISTRY: tuple[Method, ...] = (
+    Method("soft", "mean of the members' softmax probabilities", "nothing", "val", _soft, _apply_soft),
+    Method("hard", "majority of the members' argmax, ties broken by the soft mean; scores are vote shares",
+           "nothing", "val", _hard, _apply_hard, score="vote_share"),
+    Method("weighted", "weighted mean of probabilities, weights >= 0 summing to 1 fitted on val by log loss",
+           "val", OUT_OF_FOLD, _weighted, _apply_weights),
+    Method("stack", "logistic regression on the members' val logits, C chosen by cross-validation on val",
+           "val", OUT_OF_FOLD, _stack, _apply_stack),
+    Method("greedy", "forward selection with replacement on val by log loss (Caruana et al. 2004)",
+           "val", OUT_OF_FOLD, _greedy, _apply_weights),
+    Method("feature_stack", "MLP on the members' concatenated penultimate features, fitted on val, early stopping "
+           "on a val hold-out fold", "val", "val hold-out fold (early stopping)", _feature_stack,
+           _apply_feature_stack, needs_features=True, default=False, settings=feature_stack.Settings),
+)
+METHODS: dict[str, Method] = {m.name: m for m in REGISTRY}
+DEFAULT: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.default)  # histo-ensemble's methods=default

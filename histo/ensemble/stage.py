@@ -19,16 +19,7 @@ from pathlib import Path
 from histo.ensemble import fitted, table
 from histo.ensemble.folds import val_folds
 from histo.ensemble.members import EnsembleError, Member, load_members
-from histo.ensemble.methods import (
-    DESCRIPTIONS,
-    FITTED,
-    METHODS,
-    SCORES,
-    VAL_USED,
-    Combination,
-    check_settings,
-    combine,
-)
+from histo.ensemble.methods import DEFAULT, METHODS, Combination, check_settings, combine, selected
 from histo.evaluation import bootstrap, calibration, metrics, paper, predictions
 from histo.evaluation.json_file import write_json
 from histo.evaluation.mcnemar import mcnemar
@@ -43,7 +34,7 @@ COMPARE_TO = (None, "paper")
 def run_ensemble(
     runs,
     out,
-    methods=("soft", "hard", "weighted", "stack", "greedy"),
+    methods=DEFAULT,
     name: str = "ensemble",
     calibrate: bool = False,
     compare_to: str | None = None,
@@ -54,18 +45,20 @@ def run_ensemble(
     folds: int = 5,
     settings: dict | None = None,
 ) -> dict:
-    """Combine the runs at ``runs`` with each of ``methods``, write the outputs into ``out``; returns metrics.json."""
-    methods = list(methods)
+    """Combine the runs at ``runs`` with each of ``methods`` (names, or ``default`` / ``all``: see
+    :func:`histo.ensemble.methods.selected`), write the outputs into ``out``; returns metrics.json."""
+    methods = selected(methods)
     _check_options(methods, compare_to, rank_by, settings or {})
+    fitted_methods = [m for m in methods if METHODS[m].fitted]
     members = load_members(runs)
     log.info("Members (%s, split %s %s): %s", members.task, members.split["strategy"], members.split["fingerprint"],
              ", ".join(f"{m.name} ({m.run.path})" for m in members))
     val_cv = None
-    if any(m in FITTED for m in methods):
+    if fitted_methods:
         try:
             val_cv = val_folds(members.labels("val"), members.patients("val"), folds, seed)
         except ValueError as error:
-            raise EnsembleError(f"Methods {', '.join(m for m in methods if m in FITTED)} cannot be fitted: {error}") from error
+            raise EnsembleError(f"Methods {', '.join(fitted_methods)} cannot be fitted: {error}") from error
 
     out = Path(out)
     test_meta = members.frame("test")
@@ -80,7 +73,7 @@ def run_ensemble(
         path = predictions.write(method_frames[method], out / "predictions" / f"{method}_test.csv")
         method_entries[method] = {
             "row": paper.ensemble_key(name, method),
-            "description": DESCRIPTIONS[method],
+            "description": METHODS[method].description,
             "members": members.names,
             "predictions": str(path.relative_to(out)),
             "details": combinations[method].details,
@@ -97,7 +90,7 @@ def run_ensemble(
         member_entries[member.name]["val"] = {"overall": metrics.evaluate(member.frames["val"], resamples=0)["overall"]}
     for method, combination in combinations.items():
         score(method_entries[method], method_frames[method], combination.val_logits(),
-              members.labels("val")[combination.val_rows], VAL_USED[method], SCORES.get(method, "probability"))
+              members.labels("val")[combination.val_rows], METHODS[method].val_used, METHODS[method].score)
 
     for method, combination in combinations.items():
         temperature = (method_entries[method].get("calibration") or {}).get("temperature")
@@ -128,7 +121,7 @@ def run_ensemble(
             "test_patients_in_train")},
         "test": {"n_images": len(test_meta), "n_patients": int(test_meta["patient"].nunique())},
         "val_folds": val_cv.describe() if val_cv else None,
-        "warnings": _warnings(val_cv, [m for m in methods if m in FITTED]),
+        "warnings": _warnings(val_cv, fitted_methods),
         "bootstrap": bootstrap.describe(resamples, seed, level) if resamples > 0 else None,
         "rank_by": rank_by,
         "best_member": best,
@@ -151,7 +144,7 @@ def _check_options(methods: list[str], compare_to, rank_by: str, settings: dict)
     if unknown or not methods:
         raise EnsembleError(
             f"methods={methods} {'has unknown ' + ', '.join(unknown) if unknown else 'is empty'}; "
-            f"use some of {', '.join(METHODS)}."
+            f"use some of {', '.join(METHODS)}, or default or all."
         )
     if len(set(methods)) != len(methods):
         raise EnsembleError(f"methods={methods} lists a method twice.")

@@ -10,6 +10,7 @@ from histo.evaluation.table_format import (
     DEFINITIONS,
     VOTES_NOTE,
     errors,
+    interval,
     missing,
     number,
     paper_cells,
@@ -129,15 +130,12 @@ def _ci_note(document: dict) -> str:
     return f"Cells: estimate ({bootstrap.summary(boot)})."
 
 
-def _cell(value, interval, block_ci) -> str:
+def _cell(value, bounds, block_ci) -> str:
     """``estimate (low-high)``; ``estimate (no CI)`` where intervals were computed but withheld."""
     if missing(value):
         return "-"
-    if interval is None and block_ci:
-        return f"{value:.3f} (no CI)"
-    if not interval or interval[0] is None:
-        return f"{value:.3f}"
-    return f"{value:.3f} ({interval[0]:.3f}-{interval[1]:.3f})"
+    text = interval(bounds, withheld=bounds is None and bool(block_ci))
+    return f"{value:.3f}" + (f" ({text})" if text else "")
 
 
 def _mcnemar(row: dict, best: str) -> str:

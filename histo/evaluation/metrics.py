@@ -20,10 +20,14 @@ binary task) and about 0.5 s for the 8-class subtype task, on 2 CPU cores.
 Scores that are vote shares (hard voting: the share of members voting for each class) support the
 accuracy-type metrics and an AUROC that ranks images by vote share (ties count half), but not
 calibration: ``score="vote_share"`` reports ECE and log loss as None.
+
+Each metric is one :class:`Metric` of :data:`REGISTRY` (name, column title, direction, computation from
+:class:`Counts`); the tables, ``rank_by``/``--sort`` choices, histo-compare's columns and the tests derive from it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,10 +35,6 @@ import pandas as pd
 
 from histo.evaluation import bootstrap, calibration, predictions
 
-METRICS = (
-    "accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auroc",
-    "patient_recognition_rate", "patient_vote_accuracy",
-)
 SCORES = ("probability", "vote_share")  # what a prediction file's softmax is
 VOTE_TIE_BREAK = 1e-6  # hard voting nudges a tied vote share by at most this, toward the higher soft mean
 RESAMPLES = 1000  # default bootstrap resamples
@@ -90,51 +90,94 @@ def patient_table(labels, probs, patients, ranking=None) -> PatientTable:
     )
 
 
+@dataclass(frozen=True)
+class Counts:
+    """What every metric is computed from, for B patient weightings (B, P) of one :class:`PatientTable`."""
+
+    table: PatientTable
+    weights: np.ndarray  # (B, P)
+    total: np.ndarray  # (B,) images
+    tp: np.ndarray  # (B, C) per class: true positives, false positives, false negatives, true negatives
+    fp: np.ndarray
+    fn: np.ndarray
+    tn: np.ndarray
+    support: np.ndarray  # (B, C) images of each class
+    predicted: np.ndarray  # (B, C) images predicted as each class
+    present: np.ndarray  # (B, C) whether the class occurs in the labels
+
+    @classmethod
+    def of(cls, table: PatientTable, weights: np.ndarray | None = None) -> Counts:
+        w = np.ones((1, len(table.patients))) if weights is None else np.asarray(weights, dtype=np.float64)
+        n_classes = table.n_classes
+        cm = (w @ table.confusion.reshape(len(table.patients), -1)).reshape(-1, n_classes, n_classes)
+        total = cm.sum(axis=(1, 2))
+        tp = np.diagonal(cm, axis1=1, axis2=2)
+        support, predicted = cm.sum(axis=2), cm.sum(axis=1)
+        fp, fn = predicted - tp, support - tp
+        tn = total[:, None] - tp - fp - fn
+        return cls(table, w, total, tp, fp, fn, tn, support, predicted, support > 0)
+
+    @property
+    def recall(self) -> np.ndarray:
+        return _ratio(self.tp, self.support)
+
+    def positive_or_macro(self, per_class: np.ndarray) -> np.ndarray:
+        """Binary: the positive (malignant) class's value; more classes: the macro average (:func:`_macro`)."""
+        return per_class[:, 1] if self.table.n_classes == 2 else _macro(per_class, self.present)
+
+    def per_patient_mean(self, values: np.ndarray) -> np.ndarray:
+        """The weighted mean over patients of a (P,) per-patient value."""
+        return self.weights @ values / self.weights.sum(axis=1)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric, declared once: its name (run.json, metrics.json, ``rank_by``, ``--sort``), its column title
+    in table.md and the report, how it is computed, and where it is shown."""
+
+    name: str
+    title: str
+    compute: Callable[[Counts], np.ndarray]  # (B,) values, one per patient weighting
+    higher_is_better: bool = True  # the direction tables and comparisons rank by
+    compare_column: int | None = None  # its place among histo-compare's metric columns (None: not shown there)
+
+
+def _auroc(c: Counts) -> np.ndarray:
+    table = c.table
+    image_weights = c.weights[:, table.image_patient]
+    if table.n_classes == 2:
+        return weighted_auroc(table.ranking[:, 1], table.labels == 1, image_weights)
+    per_class = np.stack(
+        [weighted_auroc(table.ranking[:, k], table.labels == k, image_weights) for k in range(table.n_classes)],
+        axis=1,
+    )
+    return _nanmean_rows(per_class)
+
+
+REGISTRY: tuple[Metric, ...] = (
+    Metric("accuracy", "accuracy", lambda c: _ratio(c.tp.sum(axis=1), c.total), compare_column=0),
+    Metric("balanced_accuracy", "bal. acc.", lambda c: _nanmean_rows(np.where(c.present, c.recall, np.nan)),
+           compare_column=1),
+    Metric("precision", "precision", lambda c: c.positive_or_macro(_ratio(c.tp, c.predicted))),
+    Metric("recall", "recall", lambda c: c.positive_or_macro(c.recall)),
+    Metric("specificity", "specificity", lambda c: c.positive_or_macro(_ratio(c.tn, c.tn + c.fp))),
+    Metric("f1", "F1", lambda c: c.positive_or_macro(_ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn)), compare_column=3),
+    Metric("auroc", "AUROC", _auroc, compare_column=2),
+    Metric("patient_recognition_rate", "PRR", lambda c: c.per_patient_mean(c.table.share_correct), compare_column=4),
+    Metric("patient_vote_accuracy", "patient vote",
+           lambda c: c.per_patient_mean(c.table.vote_correct.astype(np.float64)), compare_column=5),
+)
+METRIC: dict[str, Metric] = {m.name: m for m in REGISTRY}
+METRICS: tuple[str, ...] = tuple(METRIC)  # every metric's name, in table order
+
+
 def scores(table: PatientTable, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every metric of :data:`METRICS` for each row of patient ``weights`` (B, P); shape (B,) each.
 
     ``weights=None`` counts every patient once (the point estimate, B = 1).
     """
-    w = np.ones((1, len(table.patients))) if weights is None else np.asarray(weights, dtype=np.float64)
-    n_classes = table.n_classes
-    cm = (w @ table.confusion.reshape(len(table.patients), -1)).reshape(-1, n_classes, n_classes)
-    total = cm.sum(axis=(1, 2))
-    tp = np.diagonal(cm, axis1=1, axis2=2)
-    support, predicted = cm.sum(axis=2), cm.sum(axis=1)
-    fp, fn = predicted - tp, support - tp
-    tn = total[:, None] - tp - fp - fn
-    present = support > 0
-    recall = _ratio(tp, support)
-    out = {
-        "accuracy": _ratio(tp.sum(axis=1), total),
-        "balanced_accuracy": _nanmean_rows(np.where(present, recall, np.nan)),
-    }
-    if n_classes == 2:
-        out |= {
-            "precision": _ratio(tp[:, 1], predicted[:, 1]),
-            "recall": recall[:, 1],
-            "specificity": _ratio(tn[:, 1], tn[:, 1] + fp[:, 1]),
-            "f1": _ratio(2 * tp[:, 1], 2 * tp[:, 1] + fp[:, 1] + fn[:, 1]),
-        }
-    else:
-        out |= {
-            "precision": _macro(_ratio(tp, predicted), present),
-            "recall": _macro(recall, present),
-            "specificity": _macro(_ratio(tn, tn + fp), present),
-            "f1": _macro(_ratio(2 * tp, 2 * tp + fp + fn), present),
-        }
-    image_weights = w[:, table.image_patient]
-    if n_classes == 2:
-        out["auroc"] = weighted_auroc(table.ranking[:, 1], table.labels == 1, image_weights)
-    else:
-        per_class = np.stack(
-            [weighted_auroc(table.ranking[:, c], table.labels == c, image_weights) for c in range(n_classes)], axis=1
-        )
-        out["auroc"] = _nanmean_rows(per_class)
-    n_drawn = w.sum(axis=1)
-    out["patient_recognition_rate"] = w @ table.share_correct / n_drawn
-    out["patient_vote_accuracy"] = w @ table.vote_correct.astype(np.float64) / n_drawn
-    return out
+    counts = Counts.of(table, weights)
+    return {metric.name: metric.compute(counts) for metric in REGISTRY}
 
 
 def metric_values(labels, probs, patients) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """A training run's directory: where its files are, its ``run.json`` record, and what state it is in.
 
-    <run>/run.json                 what the run was and what it scored (see DESIGN.md); written last and
+    <run>/run.json                 what the run was and what it scored (written by histo.train); written last and
                                    atomically, so a directory with a run.json holds a finished run
     <run>/split.csv                the split it used (fingerprint in run.json)
     <run>/predictions/{val,test}.csv
@@ -164,6 +164,15 @@ class RunDir:
                 epochs = "with an unreadable last checkpoint"
             return RunState("interrupted", f"{epochs}; continue it with resume=true hydra.run.dir={self.path}")
         return RunState("unfinished", "no run.json and no checkpoint to resume from")
+
+
+def unique_names(models: list[str], directories: list[str | Path]) -> list[str]:
+    """Each run's name in tables and files: its model, or ``model@<directory name>`` where runs share a model.
+
+    >>> unique_names(["v1_b0", "v1_b0", "v2_b0"], ["runs/a", "runs/b", "runs/c"])
+    ['v1_b0@a', 'v1_b0@b', 'v2_b0']
+    """
+    return [m if models.count(m) == 1 else f"{m}@{Path(d).name}" for m, d in zip(models, directories, strict=True)]
 
 
 def warnings(record: dict) -> list[str]:

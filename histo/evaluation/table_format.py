@@ -7,17 +7,9 @@ import math
 
 import pandas as pd
 
-COLUMNS = {  # metric -> column title
-    "accuracy": "accuracy",
-    "balanced_accuracy": "bal. acc.",
-    "precision": "precision",
-    "recall": "recall",
-    "specificity": "specificity",
-    "f1": "F1",
-    "auroc": "AUROC",
-    "patient_recognition_rate": "PRR",
-    "patient_vote_accuracy": "patient vote",
-}
+from histo.evaluation.metrics import METRIC, REGISTRY
+
+COLUMNS = {m.name: m.title for m in REGISTRY}  # metric -> column title, in table order
 DEFINITIONS = (
     "PRR: patient recognition rate, the mean over patients of the share of their images classified correctly "
     "(Spanhol et al. 2016); patient vote: accuracy of one label per patient from the mean probability of its "
@@ -42,10 +34,37 @@ def number(value) -> str:
     return "-" if missing(value) else f"{value + 0.0:.3f}"
 
 
+def interval(bounds, withheld: bool = False, brackets: bool = False) -> str | None:
+    """A confidence interval as every table writes it: ``low-high`` (``[low, high]`` with ``brackets``),
+    ``no CI`` when ``withheld`` (too few patients for one), None when there is none to show.
+
+    >>> interval([0.81234, 0.9]), interval([0.8, 0.9], brackets=True), interval(None, withheld=True), interval(None)
+    ('0.812-0.900', '[0.800, 0.900]', 'no CI', None)
+    """
+    if not bounds or bounds[0] is None:
+        return "no CI" if withheld else None
+    return f"[{bounds[0]:.3f}, {bounds[1]:.3f}]" if brackets else f"{bounds[0]:.3f}-{bounds[1]:.3f}"
+
+
+def fmt_prob(p: float) -> str:
+    """Probabilities to three decimals, without rounding a near-certainty to 1.000 or 0.000.
+
+    >>> fmt_prob(0.99996), fmt_prob(0.00002), fmt_prob(0.5)
+    ('>0.999', '<0.001', '0.500')
+    """
+    if p > 0.999:
+        return ">0.999"
+    if p < 0.001:
+        return "<0.001"
+    return f"{p:.3f}"
+
+
 def rank_value(overall: dict, metric: str) -> float:
     """The sort key of a row ranked by ``metric`` (best first with ``reverse=True``): missing values last."""
     value = overall.get(metric)
-    return -math.inf if missing(value) or not math.isfinite(value) else value
+    if missing(value) or not math.isfinite(value):
+        return -math.inf
+    return value if METRIC[metric].higher_is_better else -value
 
 
 def errors(overall: dict) -> int:

@@ -1,4 +1,5 @@
-"""The error type of the explain stage (histo-report meets it too: it reads runs through histo.explain.inputs)."""
+"""The error type of the explain stage (a run whose input cannot be rebuilt raises
+:class:`histo.evaluation.run_inputs.RunInputError`, which every stage shares)."""
 
 from histo.command import UserError
 

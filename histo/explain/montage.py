@@ -19,6 +19,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
+from histo.evaluation.table_format import fmt_prob
+
 IMAGE_WEIGHT = 0.5  # share of the image in an overlay (the rest is the JET heatmap)
 RIGHT, WRONG = "#1a9850", "#d73027"
 
@@ -53,19 +55,6 @@ class Tile:
     probs: np.ndarray  # (C,)
     flat: bool
     input_note: str = ""  # how the input was made, beyond its size (e.g. "Macenko stain")
-
-
-def fmt_prob(p: float) -> str:
-    """Probabilities to three decimals, without rounding a near-certainty to 1.000 or 0.000.
-
-    >>> fmt_prob(0.99996), fmt_prob(0.00002), fmt_prob(0.5)
-    ('>0.999', '<0.001', '0.500')
-    """
-    if p > 0.999:
-        return ">0.999"
-    if p < 0.001:
-        return "<0.001"
-    return f"{p:.3f}"
 
 
 def render_montage(

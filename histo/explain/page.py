@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from histo.explain.montage import fmt_prob
+from histo.evaluation.table_format import fmt_prob
 
 STYLE = """
 *{box-sizing:border-box}

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from histo.evaluation.paper import display_name, order_key
-from histo.evaluation.run_dir import RunDir
+from histo.evaluation.run_dir import RunDir, unique_names
+from histo.evaluation.run_inputs import RunInputs, run_inputs
 from histo.explain.errors import ExplainError
-from histo.explain.inputs import RunInputs, run_inputs
 
 
 @dataclass
@@ -65,11 +65,8 @@ def load_runs(paths: Sequence[str | Path], data_root: str | Path | None = None) 
         checkpoint = _checkpoint(path)
         loaded.append((record.get("model") or path.name, record.get("family"), inputs, checkpoint))
     _check_same_data(loaded)
-    models = [m for m, *_ in loaded]
-    runs = [
-        ExplainRun(m if models.count(m) == 1 else f"{m}@{inputs.run.name}", m, family, inputs, ckpt)
-        for m, family, inputs, ckpt in loaded
-    ]
+    names = unique_names([m for m, *_ in loaded], [inputs.run for _, _, inputs, _ in loaded])
+    runs = [ExplainRun(name, m, family, inputs, ckpt) for name, (m, family, inputs, ckpt) in zip(names, loaded, strict=True)]
     return sorted(runs, key=lambda r: (*order_key(r.model_name, r.family), r.name))
 
 

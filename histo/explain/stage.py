@@ -2,7 +2,8 @@
 
     <out>/index.html                         one row per image: montage, labels, probabilities, links
     <out>/explain.json                       what was done, and per image what each model said (the
-                                             report reads it to show montages in its gallery)
+                                             report reads it to show montages in its gallery; its
+                                             format: histo.evaluation.explain_manifest)
     <out>/montages/<image stem>.png          one tile per model, rows by family, annotated
     <out>/overlays/<run name>/<image stem>.png   each model's CAM on its own evaluation input
 
@@ -20,11 +21,12 @@ import torch
 from tqdm import tqdm
 
 from histo.evaluation import predictions
+from histo.evaluation.explain_manifest import MANIFEST
 from histo.evaluation.json_file import write_json
 from histo.evaluation.run_dir import RunDir
+from histo.evaluation.run_inputs import evaluation_inputs
 from histo.explain.cam import CLASS_AGNOSTIC, DEFAULT_LAYER, METHODS, compute_cams, target_layer
 from histo.explain.errors import ExplainError
-from histo.explain.inputs import evaluation_inputs
 from histo.explain.montage import IMAGE_WEIGHT, Tile, overlay, render_montage, save_png
 from histo.explain.page import write_index
 from histo.explain.runs import ExplainRun, load_runs
@@ -33,7 +35,6 @@ from histo.explain.selection import select_images
 log = logging.getLogger("histo.explain")
 
 TARGETS = ("predicted", "true")
-MANIFEST = "explain.json"
 PROB_TOLERANCE = 1e-3  # largest |P(map's pass) - P(prediction file)| before a warning
 
 

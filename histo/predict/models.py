@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from histo.evaluation.model_input import ModelInput, model_input
-from histo.evaluation.run_dir import RunDir
+from histo.evaluation.run_dir import RunDir, unique_names
 from histo.predict.errors import PredictError
 
 AUTOCAST = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -61,7 +61,7 @@ def load_runs(paths: Sequence[str | Path], device: torch.device, precision: str 
     records = [_record(p) for p in paths]
     if names is None:
         models = [r.get("model") or p.name for r, p in zip(records, paths, strict=True)]
-        names = [m if models.count(m) == 1 else f"{m}@{p.name}" for m, p in zip(models, paths, strict=True)]
+        names = unique_names(models, paths)
     loaded = [_load(path, record, name, device, precision, channels_last)
               for path, record, name in zip(paths, records, names, strict=True)]
     for other in loaded[1:]:

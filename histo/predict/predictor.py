@@ -44,6 +44,7 @@ from histo.data.breakhis import parse_any_name
 from histo.data.image_file import MAX_PIXELS
 from histo.ensemble import fitted as fitted_ensemble
 from histo.ensemble.members import EnsembleError
+from histo.ensemble.methods import METHODS
 from histo.evaluation import metrics, predictions
 from histo.predict import tta as tta_views
 from histo.predict.errors import PredictError
@@ -54,7 +55,8 @@ from histo.stain.normalizer import REASONS
 
 log = logging.getLogger("histo.predict")
 
-UNFITTED = ("soft", "hard")  # methods that runs can be combined with without a histo-ensemble directory
+# methods that runs can be combined with without a histo-ensemble directory (soft, hard)
+UNFITTED = tuple(name for name, method in METHODS.items() if not method.fitted)
 META = ["label", "patient", "subtype", "magnification"]
 
 
@@ -115,6 +117,8 @@ class Predictor:
     @classmethod
     def from_runs(cls, runs, method: str = "soft", device: str = "auto", precision: str = "auto") -> Predictor:
         """The finished training runs at ``runs``, combined by ``method`` (soft or hard; one run: itself)."""
+        if method not in METHODS:
+            raise PredictError(f"method={method!r} is not an ensemble method; use one of {', '.join(METHODS)}.")
         if method not in UNFITTED:
             raise PredictError(f"method={method} is fitted on val: fit it with histo-ensemble and pass ensemble=<its "
                                f"output dir>; runs alone combine with {' or '.join(UNFITTED)}.")

@@ -1,5 +1,5 @@
 """The report's gallery of misclassified images: what each row said about them, the original image beside
-the image as the first run's model saw it (:func:`histo.explain.inputs.evaluation_inputs`) and, where
+the image as the first run's model saw it (:func:`histo.evaluation.run_inputs.evaluation_inputs`) and, where
 histo-explain was run on them, their Grad-CAM montage.
 
 The images are ranked as histo-explain ranks them (:func:`histo.evaluation.predictions.most_wrong_first`
@@ -8,7 +8,6 @@ montages to the first N cards."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +18,11 @@ from tqdm import tqdm
 
 from histo.data.dataset import read_rgb
 from histo.evaluation import predictions
-from histo.explain.errors import ExplainError
-from histo.explain.inputs import evaluation_inputs, run_inputs
-from histo.explain.stage import MANIFEST
+from histo.evaluation.explain_manifest import EXPLAIN_DIR, MANIFEST, is_explain_dir, read_manifest
+from histo.evaluation.run_inputs import RunInputError, evaluation_inputs, run_inputs
 from histo.report.sources import ReportError
 
 log = logging.getLogger("histo.report")
-EXPLAIN_DIR = "explain"  # conventional place of a histo-explain output inside a run or ensemble directory
 
 
 def misclassified(rows, class_names: list[str]) -> list[dict]:
@@ -56,7 +53,7 @@ def find_montages(explain_dirs: list[Path]) -> dict[str, Path]:
     """image -> montage PNG from the explain.json of each directory; the first directory listing an image wins."""
     out: dict[str, Path] = {}
     for directory in explain_dirs:
-        for entry in _manifest(directory).get("images", []):
+        for entry in read_manifest(directory).get("images", []):
             path = directory / entry["montage"]
             if path.is_file():
                 out.setdefault(entry["image"], path)
@@ -68,26 +65,14 @@ def explain_dirs(given, rows) -> list[Path]:
     and member run, those with the most models first (an ensemble's montage beats a single run's)."""
     dirs = [Path(d) for d in ([given] if isinstance(given, (str, Path)) else list(given or []))]
     for directory in dirs:
-        if not (directory / MANIFEST).is_file():
+        if not is_explain_dir(directory):
             raise ReportError(f"explain={directory} has no {MANIFEST}: give a histo-explain output directory.")
     found = []
     for row in rows:
         for candidate in (row.source / EXPLAIN_DIR, *(m / EXPLAIN_DIR for m in row.members)):
-            if (candidate / MANIFEST).is_file() and candidate not in dirs + found:
+            if is_explain_dir(candidate) and candidate not in dirs + found:
                 found.append(candidate)
-    return dirs + sorted(found, key=lambda d: -len(_manifest(d).get("runs", [])))
-
-
-def _manifest(directory: Path) -> dict:
-    path = directory / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-        if not isinstance(manifest.get("images"), list):
-            raise ValueError("no images")
-        return manifest
-    except (OSError, ValueError, AttributeError):
-        log.warning("%s is not a histo-explain manifest; its montages are not shown.", path)
-        return {}
+    return dirs + sorted(found, key=lambda d: -len(read_manifest(d).get("runs", [])))
 
 
 @dataclass(frozen=True)
@@ -114,7 +99,7 @@ def thumbnails(rows, images: list[str], out: Path, width: int, data_root=None) -
     try:
         inputs = run_inputs(runs[0][1], data_root)
         pictures = [evaluation_inputs(inputs, [image])[0] for image in tqdm(images, unit="img", desc="gallery")]
-    except ExplainError as error:
+    except RunInputError as error:
         log.warning("Gallery without images: %s", error)
         return {}, str(error)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from histo.evaluation.table_format import COLUMNS, errors, number, paper_cells, rank_value
-from histo.explain.montage import fmt_prob
+from histo.evaluation.table_format import COLUMNS, errors, fmt_prob, interval, number, paper_cells, rank_value
 from histo.report.gallery import Thumb
 from histo.report.plots import PAGE_PX
 
@@ -83,8 +82,9 @@ def metric_cells(report: Report, row: dict, rank: int) -> list[tuple[str, str | 
     votes = row["numbers"].get("score") == "vote_share"
     cells = [(str(rank), None), (row["name"], None), (row["kind"], None)]
     for metric in COLUMNS:
-        interval = "no CI" if block_ci and block_ci.get(metric) is None else _interval((block_ci or {}).get(metric))
-        cells.append((number(overall.get(metric)) + ("*" if votes and metric == "auroc" else ""), interval))
+        bounds = (block_ci or {}).get(metric)
+        cells.append((number(overall.get(metric)) + ("*" if votes and metric == "auroc" else ""),
+                      interval(bounds, withheld=bool(block_ci) and bounds is None)))
     cells += [("n/a" if votes else number(overall.get("ece")), None), (f"{errors(overall)}/{overall['n_images']}", None)]
     if report.paper is not None:
         cells += [(cell, None) for cell in paper_cells(report.paper, row["paper_key"])]
@@ -234,12 +234,6 @@ def _rel(path: Path, out: Path) -> str:
 
 def _md_line(cells) -> str:
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-
-def _interval(interval) -> str | None:
-    if not interval or interval[0] is None:
-        return None
-    return f"{interval[0]:.3f}-{interval[1]:.3f}"
 
 
 def _e(text) -> str:

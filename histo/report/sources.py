@@ -19,7 +19,7 @@ from histo.command import UserError
 from histo.evaluation import paper, predictions
 from histo.evaluation.paper import display_name, order_key
 from histo.evaluation.predictions import PredictionFileError
-from histo.evaluation.run_dir import RunDir
+from histo.evaluation.run_dir import RunDir, unique_names
 from histo.evaluation.run_dir import warnings as run_warnings
 
 
@@ -129,10 +129,8 @@ def _ensemble_rows(path: Path, split: str) -> tuple[list[Row], list[Path]]:
 
 
 def _unique_names(rows: list[Row]) -> None:
-    names = [r.name for r in rows]
-    for row in rows:
-        if names.count(row.name) > 1:
-            row.name = f"{row.name}@{row.source.name}"
+    for row, name in zip(rows, unique_names([r.name for r in rows], [r.source for r in rows]), strict=True):
+        row.name = name
 
 
 def _check_same_images(rows: list[Row], split: str) -> None:

@@ -14,12 +14,13 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from histo.evaluation.metrics import METRICS
+from histo.evaluation.metrics import METRIC, METRICS, REGISTRY
 from histo.evaluation.run_dir import RunDir
-from histo.evaluation.table_format import number
+from histo.evaluation.table_format import interval, number
 
 RUN_COLUMNS = ("run", "model", "n_images")  # the columns of every comparison, beside the overrides that differ
-SHOWN = ("accuracy", "balanced_accuracy", "auroc", "f1", "patient_recognition_rate", "patient_vote_accuracy")
+SHOWN = tuple(m.name for m in sorted((m for m in REGISTRY if m.compare_column is not None),
+                                     key=lambda m: m.compare_column))  # histo-compare's metric columns
 RUN_MARKERS = ("run.json", "run.lock", "split.csv", "checkpoints")  # what only a training run's directory holds
 
 
@@ -102,7 +103,8 @@ def comparison(root: str | Path, split: str = "test", sort_by: str = "balanced_a
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame["_finished"] = [s.name == "finished" for s in states]
-    frame = frame.sort_values(["_finished", sort_key(sort_split, sort_by)], ascending=False, na_position="last",
+    frame = frame.sort_values(["_finished", sort_key(sort_split, sort_by)],
+                              ascending=[False, not METRIC[sort_by].higher_is_better], na_position="last",
                               kind="stable", ignore_index=True)
     frame = frame.drop(columns="_finished")
     frame.attrs["differing"] = differing
@@ -135,9 +137,9 @@ def _with_interval(row: pd.Series, name: str) -> str:
     value, low, high = row.get(name), row.get(f"{name}_low"), row.get(f"{name}_high")
     if value is None or pd.isna(value):
         return "n/a"
-    if low is None or high is None or pd.isna(low) or pd.isna(high):
-        return f"{value:.3f}"
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+    text = interval(None if low is None or high is None or pd.isna(low) or pd.isna(high) else (low, high),
+                    brackets=True)
+    return f"{value:.3f}" + (f" {text}" if text else "")
 
 
 def fold_summary(reports: list[str | Path]) -> pd.DataFrame:
