@@ -53,10 +53,11 @@ def test_dry_run_measures_every_part(tmp_path):
                             "image cache, num_workers=2"]
     assert all(r["rate"] > 0 and 0 <= r["wait_share"] < 1 and r["utilisation"] is None for r in loader.values())
     stain = {(r["library"], r["method"]): r for r in results["stain"]["rows"]}
+    peer = importlib.util.find_spec("torch_staintools") is not None  # in the bench extra, not in dev
     assert set(stain) == {("histo", "vahadane"), ("histo", "macenko"), ("histo", "reinhard"),
-                          ("torch-staintools", "vahadane"), ("torch-staintools", "macenko")}
+                          *([("torch-staintools", "vahadane"), ("torch-staintools", "macenko")] if peer else [])}
     assert all(r["rate"] > 0 for r in stain.values())
-    assert stain["torch-staintools", "vahadane"]["cached_rate"] > 0
+    assert not peer or stain["torch-staintools", "vahadane"]["cached_rate"] > 0
     predict = results["predict"]
     assert predict["precisions"] == ["fp32", "bf16-mixed"] and predict["images"] == 6
     assert predict["workers"] == (2 if (os.cpu_count() or 1) >= 2 else 0)  # the most of DRY.workers the cores allow
