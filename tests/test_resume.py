@@ -86,7 +86,7 @@ def test_a_run_killed_after_epoch_2_resumes_to_the_same_predictions_bit_for_bit(
     assert record["checkpoint"] == RunDir(full).record()["checkpoint"]  # the same best epoch, found across the kill
     with open(killed / "csv" / "metrics.csv", newline="") as f:  # appended to: each epoch's validation once
         rows = list(csv.DictReader(f))
-    assert [int(r["epoch"]) for r in rows if r.get("val/acc")] == [0, 1, 2, 3]
+    assert [int(r["epoch"]) for r in rows if r.get("val/accuracy")] == [0, 1, 2, 3]
     # the best checkpoint may be from before the kill: the last one says whether training itself continued alike
     weights = [torch.load(RunDir(d).last_checkpoint_path, weights_only=True)["state_dict"] for d in (full, killed)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "training after resume diverged"

@@ -67,7 +67,7 @@ def test_two_trainings_into_one_directory_one_is_refused_the_other_intact(synthe
     run = RunDir(run_dir)
     assert run.state().name == "finished" and not (run_dir / "run.lock").exists()
     metrics = pd.read_csv(run_dir / "csv" / "metrics.csv")  # one header, every row of its width
-    assert list(metrics.dropna(subset=["val/acc"])["epoch"]) == [0]
+    assert list(metrics.dropna(subset=["val/accuracy"])["epoch"]) == [0]
     assert "+callbacks.wait.path" in " ".join(yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()))
 
 

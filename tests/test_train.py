@@ -45,7 +45,7 @@ def test_run_record_describes_the_run(trained_runs):
     # the two fixture runs share one split, so they can be ensembled
     assert record["split"]["fingerprint"] == RunDir(trained_runs[0]).record()["split"]["fingerprint"]
     metrics_csv = pd.read_csv(trained_runs[1] / "csv" / "metrics.csv")
-    assert {"train/loss", "val/acc", "val/auroc", "val/balanced_acc", "train/specificity"} <= set(metrics_csv.columns)
+    assert {"train/loss", "val/accuracy", "val/auroc", "val/balanced_accuracy", "train/specificity"} <= set(metrics_csv.columns)
 
 
 def test_image_split_records_the_patient_leak(synthetic_root, tmp_path):
@@ -64,7 +64,7 @@ def test_image_split_records_the_patient_leak(synthetic_root, tmp_path):
 def test_the_csv_training_log_is_kept_whatever_the_logger(synthetic_root, tmp_path, logger):
     train(train_config(tmp_path, synthetic_root, f"logger={logger}", "debug=limit", "trainer.max_epochs=1"))
     log = pd.read_csv(RunDir(tmp_path).training_log_path)  # what histo-report draws the learning curves from
-    assert {"epoch", "train/loss", "val/acc"} <= set(log.columns)
+    assert {"epoch", "train/loss", "val/accuracy"} <= set(log.columns)
     assert (tmp_path / "tensorboard").is_dir() == (logger == "tensorboard")
 
 

@@ -24,16 +24,19 @@ from torchmetrics.classification import (
 )
 from torchmetrics.wrappers import LambdaInputTransformer
 
+from histo.evaluation.metrics import METRICS
+
 
 def positive_probability(probs: torch.Tensor) -> torch.Tensor:
     return probs[:, 1]
 
 
 def epoch_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    """Metrics named ``<prefix>acc``, ``<prefix>balanced_acc``, ``<prefix>precision`` and so on."""
+    """Metrics named ``<prefix><name>`` with the names of :data:`histo.evaluation.metrics.METRICS`
+    (``val/accuracy``, ``val/balanced_accuracy``, ...), as run.json and ``optimized_metric`` name them."""
     metrics = {
-        "acc": MulticlassAccuracy(num_classes, average="micro"),
-        "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
+        "accuracy": MulticlassAccuracy(num_classes, average="micro"),
+        "balanced_accuracy": MulticlassAccuracy(num_classes, average="macro"),
     }
     if num_classes == 2:
         binary = {
@@ -52,4 +55,6 @@ def epoch_metrics(num_classes: int, prefix: str) -> MetricCollection:
             "f1": MulticlassF1Score(num_classes, average="macro"),
             "auroc": MulticlassAUROC(num_classes, average="macro"),
         }
+    unknown = set(metrics) - set(METRICS)
+    assert not unknown, f"epoch metrics outside the metric registry: {unknown}"
     return MetricCollection(metrics, prefix=prefix)

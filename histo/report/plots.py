@@ -55,19 +55,20 @@ def read_curves(path: Path) -> pd.DataFrame | None:
     in the checkpoint names ``best-epochNNN``); None if absent."""
     if path is None or not path.is_file():
         return None
-    log = pd.read_csv(path)
+    # logs written before the epoch metrics took the registry's names said acc and balanced_acc
+    log = pd.read_csv(path).rename(columns=lambda c: re.sub(r"/(balanced_)?acc$", r"/\1accuracy", c))
     if "epoch" not in log.columns:
         return None
     return log.drop(columns=[c for c in ("step",) if c in log.columns]).groupby("epoch").mean()
 
 
 def best_epoch(record: dict, curves: pd.DataFrame) -> int | None:
-    """The epoch (from 0) of the checkpoint the predictions came from: from its file name, else max val/acc."""
+    """The epoch (from 0) of the checkpoint the predictions came from: from its file name, else max val/accuracy."""
     match = re.search(r"epoch[=_-]?(\d+)", str(record.get("checkpoint") or ""))
     if match:
         return int(match.group(1))
-    if "val/acc" in curves and curves["val/acc"].notna().any():
-        return int(curves["val/acc"].idxmax())
+    if "val/accuracy" in curves and curves["val/accuracy"].notna().any():
+        return int(curves["val/accuracy"].idxmax())
     return None
 
 
@@ -96,7 +97,7 @@ def learning_curves(curves: dict[str, tuple[pd.DataFrame, int | None]], colour: 
     marker = epochs <= MARKERS_UP_TO
     fig = Figure(figsize=(PAGE_INCHES, 4.0))
     axes = fig.subplots(1, 2)
-    for ax, metric, title in ((axes[0], "loss", "Loss (cross-entropy)"), (axes[1], "acc", "Accuracy")):
+    for ax, metric, title in ((axes[0], "loss", "Loss (cross-entropy)"), (axes[1], "accuracy", "Accuracy")):
         for name, (frame, best) in curves.items():
             for split, style in (("train", ":"), ("val", "-")):
                 column = f"{split}/{metric}"
