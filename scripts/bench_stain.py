@@ -53,7 +53,7 @@ from stain_peers import (  # noqa: E402
     torch_staintools_normalizer,
 )
 
-from histo.data.dataset import read_rgb  # noqa: E402
+from histo.data.image_file import read_rgb  # noqa: E402
 from histo.stain import make_normalizer  # noqa: E402
 from histo.stain.memory import keep_freed_memory  # noqa: E402
 

@@ -88,7 +88,7 @@ from histo import CONF_DIR  # noqa: E402
 from histo.data import device_augment  # noqa: E402
 from histo.data.cache import cache_for_run, ensure  # noqa: E402
 from histo.data.datamodule import BreakHisDataModule, load_data, loader_workers  # noqa: E402
-from histo.data.dataset import read_rgb  # noqa: E402
+from histo.data.image_file import read_rgb  # noqa: E402
 from histo.data.synthetic import BREAKHIS_COUNTS, SyntheticSpec, write_dataset  # noqa: E402
 from histo.evaluation.paper import MODELS  # noqa: E402
 from histo.models import Classifier  # noqa: E402

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from histo.data.breakhis import DataError, build_index, parse_name, patient_id
-from histo.data.dataset import ImageDataset, read_rgb
+from histo.data.dataset import ImageDataset
+from histo.data.image_file import read_rgb
 from histo.data.transforms import eval_transform
 
 

@@ -27,7 +27,8 @@ from histo.data.cache import (
     remove_stale_temporaries,
     stain_key,
 )
-from histo.data.dataset import ImageDataset, read_rgb
+from histo.data.dataset import ImageDataset
+from histo.data.image_file import read_rgb
 from histo.data.transforms import eval_transform
 from histo.evaluation.run_dir import RunDir
 from histo.prepare import model_sizes, prepare

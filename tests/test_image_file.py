@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -61,3 +66,12 @@ def test_unreadable_files_give_a_reason_naming_the_file(rgb, tmp_path):
         assert str(tmp_path / name) in str(error.value) and reason in error.value.reason
     with pytest.raises(ImageReadError, match=r"too large \(160 x 120 pixels; the limit is 1,000\)"):
         read_rgb(tmp_path / "a.png", max_pixels=1000)
+
+
+def test_stain_normalization_reads_images_without_the_training_dataset():
+    """Image reading is its own module: histo.stain no longer imports histo.data.dataset, whose transforms
+    import histo.stain (the import cycle issue 15 names)."""
+    code = "import sys, histo.stain.methods; print('histo.data.dataset' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]

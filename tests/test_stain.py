@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from histo.data.dataset import read_rgb
+from histo.data.image_file import read_rgb
 from histo.data.synthetic import EOSIN, HEMATOXYLIN, _patient_stains
 from histo.stain import METHODS, REASONS, StainError, StainTarget, make_normalizer
 from histo.stain.lab import integer_lab_to_rgb, integer_rgb_to_lab, lab_to_rgb, luminosity, rgb_to_lab

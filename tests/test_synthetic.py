@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 from histo.data.breakhis import build_index, parse_name
-from histo.data.dataset import read_rgb
+from histo.data.image_file import read_rgb
 from histo.data.synthetic import SyntheticSpec, write_dataset
 
 

@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from histo.data.breakhis import build_index
-from histo.data.dataset import read_rgb
+from histo.data.image_file import read_rgb
 from histo.data.transforms import eval_transform
 
 log = logging.getLogger(__name__)

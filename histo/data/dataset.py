@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, Sampler
 
 from histo.data.image_file import read_rgb
 
-__all__ = ["ImageDataset", "read_rgb"]
+__all__ = ["ImageDataset"]
 
 
 class ImageDataset(Dataset):

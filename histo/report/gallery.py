@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from histo.data.dataset import read_rgb
+from histo.data.image_file import read_rgb
 from histo.evaluation import predictions
 from histo.evaluation.explain_manifest import EXPLAIN_DIR, MANIFEST, is_explain_dir, read_manifest
 from histo.evaluation.run_inputs import RunInputError, evaluation_inputs, run_inputs

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from histo import CONF_DIR
 from histo.command import UserError, hydra_command
 from histo.data.breakhis import DataError
-from histo.data.dataset import read_rgb
+from histo.data.image_file import read_rgb
 from histo.stain.memory import keep_freed_memory
 from histo.stain.methods import AUTO, TARGET_FILE, fit_from_config, make_normalizer
 from histo.stain.normalizer import REASONS, StainError, StainNormalizer

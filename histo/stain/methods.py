@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from histo.data.breakhis import DataError
-from histo.data.dataset import read_rgb
+from histo.data.image_file import read_rgb
 from histo.stain.identity import Identity
 from histo.stain.macenko import Macenko
 from histo.stain.normalizer import StainError, StainNormalizer
