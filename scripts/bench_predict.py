@@ -33,13 +33,12 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from histo import CONF_DIR  # noqa: E402
+from histo import config_option  # noqa: E402
 from histo.data.breakhis import BINARY_CLASSES  # noqa: E402
 from histo.data.synthetic import SyntheticSpec, write_dataset  # noqa: E402
 from histo.evaluation.json_file import write_json  # noqa: E402
@@ -53,7 +52,7 @@ MODELS = ("v1_b0", "v1_b1", "v1_b2", "v1_b3", "v1_b4", "v2_b0", "v2_b1", "v2_b2"
 def untrained_run(out: Path, model: str, size: int | None = None) -> Path:
     """A run directory (run.json + checkpoint) of ``model`` (a conf/model name) with random weights, for speed
     measurements: histo-predict loads it like a trained run."""
-    conf = OmegaConf.load(Path(CONF_DIR) / "model" / f"{model}.yaml")
+    conf = config_option("model", model)
     size = size or int(conf.image_size)
     classifier = Classifier(conf.timm_name, list(BINARY_CLASSES), image_size=size, model_name=model, pretrained=False)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)

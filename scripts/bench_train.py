@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +51,7 @@ from training_speed import (  # noqa: E402
     sync,
 )
 
-from histo import CONF_DIR  # noqa: E402
+from histo import config_option  # noqa: E402
 from histo.evaluation.paper import MODELS  # noqa: E402
 from histo.models import Classifier  # noqa: E402
 from histo.models.backbone import create_backbone, normalization  # noqa: E402
@@ -113,7 +112,7 @@ def main() -> None:
 
     rows, ratios = [], []
     for name in names:
-        conf = OmegaConf.load(Path(CONF_DIR) / "model" / f"{name}.yaml")
+        conf = config_option("model", name)
         size = int(conf.image_size) if args.sizes == "paper" else args.size
         data = InMemory(args.batch * (args.warmup + args.steps), size)
         loader = DataLoader(data, batch_size=args.batch, shuffle=False, num_workers=0, pin_memory=gpu)

@@ -84,7 +84,7 @@ from training_speed import (  # noqa: E402
     paper_minutes,
 )
 
-from histo import CONF_DIR  # noqa: E402
+from histo import config_option  # noqa: E402
 from histo.data import device_augment  # noqa: E402
 from histo.data.cache import cache_for_run, ensure  # noqa: E402
 from histo.data.datamodule import BreakHisDataModule, load_data, loader_workers  # noqa: E402
@@ -290,7 +290,7 @@ def part_data(ctx: Context, budget: Budget) -> Section:
     root = write_dataset(ctx.tmp / "BreaKHis_v1", spec, workers=workers)
     rendered = time.monotonic() - started
     data_cfg = data_config(root, ctx.tmp / "cache")
-    images = load_data(data_cfg, conf("split", "image"), ctx.tmp).index.frame["image"].tolist()
+    images = load_data(data_cfg, config_option("split", "image"), ctx.tmp).index.frame["image"].tolist()
     sizes = sorted({model_size(ctx.settings, m) for m in MODELS})
     cache_workers = ctx.settings.data_workers if ctx.settings.data_workers is not None else loader_workers(data_cfg)
     started = time.monotonic()
@@ -370,7 +370,7 @@ def measure_training(ctx: Context, name: str, precision: str, channels_last: boo
     s = ctx.settings
     size = model_size(s, name)
     loader = ctx.in_memory(size, s.warmup + s.steps)
-    model = classifier(conf("model", name), size, channels_last=channels_last)
+    model = classifier(config_option("model", name), size, channels_last=channels_last)
     if ctx.cuda:
         torch.cuda.reset_peak_memory_stats(ctx.device)
     clock = fit_steps(model, loader, str(ctx.device), precision, s.warmup, s.steps)
@@ -391,9 +391,9 @@ def part_loader(ctx: Context, budget: Budget) -> Section:
     label, precision, channels_last = fastest_config(ctx, name)
     size = model_size(s, name)
     data_cfg = data_config(Path(data["root"]), Path(data["cache_dir"]))
-    dataset = load_data(data_cfg, conf("split", "image"), ctx.tmp)
+    dataset = load_data(data_cfg, config_option("split", "image"), ctx.tmp)
     cache = cache_for_run(data_cfg, dataset.index, size, None, loader_workers(data_cfg))
-    augment = {**OmegaConf.to_container(conf("augment", "paper")), "run_on": "device"}
+    augment = {**OmegaConf.to_container(config_option("augment", "paper")), "run_on": "device"}
     batch_augment = device_augment.from_config(augment)
     query, source = utilisation_query(ctx.device)
     steps = s.loader_warmup + s.loader_steps
@@ -411,7 +411,7 @@ def part_loader(ctx: Context, budget: Budget) -> Section:
             source_data = BreakHisDataModule(dataset, image_size=size, interpolation=data_cfg.interpolation,
                                              augment=augment, batch_size=s.batch, num_workers=workers,
                                              persistent_workers=True, cache=cache)
-        model = classifier(conf("model", name), size, channels_last=channels_last,
+        model = classifier(config_option("model", name), size, channels_last=channels_last,
                            device_augment=batch_augment.to_dict())
         with Utilisation(query) as utilisation:
             clock = fit_steps(model, source_data, str(ctx.device), precision, s.loader_warmup, s.loader_steps)
@@ -622,7 +622,7 @@ def compile_child(results_file: Path, device: str, precision: str, settings: Set
         for compiled in (False, True):
             line = {"model": name, "compile": compiled}
             try:
-                model = classifier(conf("model", name), size, compile=compiled)
+                model = classifier(config_option("model", name), size, compile=compiled)
                 clock = fit_steps(model, loader, device, precision, s.warmup, s.steps)
                 line.update(rate=clock.rate, warmup_s=clock.warmup_seconds)
             except Exception as err:  # a model that does not compile must not hide the next one
@@ -703,19 +703,14 @@ PARTS = [
 # ----- helpers -----
 
 
-def conf(group: str, name: str):
-    """One option of a config group, as the commands read it (conf/<group>/<name>.yaml)."""
-    return OmegaConf.load(Path(CONF_DIR) / group / f"{name}.yaml")
-
-
 def data_config(root: Path, cache_dir: Path):
-    data_cfg = conf("data", "breakhis")
+    data_cfg = config_option("data", "breakhis")
     data_cfg.root, data_cfg.cache_dir = str(root), str(cache_dir)
     return data_cfg
 
 
 def model_size(settings: Settings, name: str) -> int:
-    return settings.size or int(conf("model", name).image_size)
+    return settings.size or int(config_option("model", name).image_size)
 
 
 def classifier(model_conf, size: int, **options) -> Classifier:

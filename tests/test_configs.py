@@ -8,7 +8,7 @@ import pytest
 from helpers import compose_config
 from hydra.utils import instantiate
 
-from histo import CONF_DIR
+from histo import CONF_DIR, config_option
 
 GROUPS = ["data", "split", "model", "augment", "optim", "stain", "trainer", "callbacks", "logger", "debug"]
 
@@ -22,6 +22,8 @@ def options(group: str) -> list[str]:
 def test_every_option_composes(group, option, tmp_path):
     cfg = compose_config("train", [f"{group}={option}"], tmp_path)
     assert cfg.model.image_size > 0 and cfg.data.batch_size > 0
+    if group == "model":  # what scripts read without composing a command is what the command composes
+        assert config_option("model", option) == cfg.model
 
 
 @pytest.mark.parametrize("experiment", sorted(
