@@ -56,8 +56,8 @@ def prepare(cfg: DictConfig) -> dict[int, tuple[ImageCache, str]]:
     data = load_data(cfg.data, cfg.split, cfg.paths.synthetic_dir)
     stain = fit_from_config(cfg.stain, data.index.root, data.split.images("train"))
     workers = loader_workers(cfg.data)
-    images = data.index.frame["image"].tolist()
-    caches = ensure(cfg.data.cache_dir, data.index.root, images, wanted, cfg.data.interpolation, stain, workers,
+    images = data.index.images
+    caches = ensure(cfg.data.cache_dir, data.index, wanted, cfg.data.interpolation, stain, workers,
                     rebuild=cfg.rebuild)
     print(table(caches, wanted))
     if stain is not None:

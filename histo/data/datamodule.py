@@ -86,11 +86,11 @@ def load_data(data_cfg, split_cfg, synthetic_dir: str | Path) -> Data:
     root = resolve_root(data_cfg.root, dict(data_cfg.synthetic), synthetic_dir)
     index = build_index(root, data_cfg.magnification, data_cfg.patient_key)
     if split_cfg.get("file"):
-        split = read_split(split_cfg.file, index.frame)
+        split = read_split(split_cfg.file, index)
     else:
         split = make_split(
-            index.frame,
-            index.labels(data_cfg.task),
+            index,
+            data_cfg.task,
             split_cfg.strategy,
             seed=split_cfg.seed,
             val_ratio=split_cfg.val_ratio,

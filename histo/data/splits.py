@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from histo.data.breakhis import PATIENT_KEYS, DataError, patient_id
+from histo.data.breakhis import PATIENT_KEYS, DataError, Index, patient_id
 
 STRATEGIES = ("image", "patient", "patient_kfold")
 SPLITS = ("train", "val", "test")
@@ -47,10 +47,10 @@ class Split:
     def counts(self) -> dict[str, int]:
         return {s: int((self.frame["split"] == s).sum()) for s in SPLITS}
 
-    def test_patients_in_train(self, index: pd.DataFrame) -> dict[str, int]:
+    def test_patients_in_train(self, index: Index) -> dict[str, int]:
         """How many test patients also have images in train, with patients keyed by slide and by number
         (:func:`~histo.data.breakhis.patient_id`): the paper's leak; 0 under both for a patient split by number."""
-        slides = index.set_index("image")["slide"]
+        slides = index.frame.set_index("image")["slide"]
         out = {}
         for key in PATIENT_KEYS:
             by_split = {s: {patient_id(slide, key) for slide in slides.loc[self.images(s)]} for s in ("train", "test")}
@@ -59,8 +59,8 @@ class Split:
 
 
 def make_split(
-    index: pd.DataFrame,
-    labels: pd.Series,
+    index: Index,
+    task: str,
     strategy: str,
     seed: int,
     val_ratio: float = 0.15,
@@ -68,7 +68,7 @@ def make_split(
     folds: int = 5,
     fold: int = 0,
 ) -> Split:
-    """Split ``index`` (rows as from :func:`histo.data.breakhis.build_index`) with a seeded strategy.
+    """Split ``index`` with a seeded strategy, stratified by the classes of ``task``.
 
     - ``image``: the paper's. Within each class x magnification group, shuffle and send
       floor(val_ratio n) images to val and floor(test_ratio n) to test; the rest train.
@@ -80,7 +80,7 @@ def make_split(
     if strategy not in STRATEGIES:
         raise DataError(f"split.strategy={strategy!r} is not valid; use one of {', '.join(STRATEGIES)}.")
     _check_ratios(val_ratio, test_ratio)
-    frame = index.assign(label=labels.to_numpy()).sort_values("image", ignore_index=True)
+    frame = index.frame.assign(label=index.labels(task).to_numpy()).sort_values("image", ignore_index=True)
     rng = np.random.default_rng(seed)
     if strategy == "image":
         assignment = _image_split(frame, rng, val_ratio, test_ratio)
@@ -91,7 +91,7 @@ def make_split(
     return Split(pd.DataFrame({"image": frame["image"], "split": assignment}), strategy)
 
 
-def read_split(path: str | Path, index: pd.DataFrame) -> Split:
+def read_split(path: str | Path, index: Index) -> Split:
     """Read a split CSV written by :meth:`Split.write` and check it covers exactly the indexed images."""
     path = Path(path)
     if not path.is_file():
@@ -99,8 +99,8 @@ def read_split(path: str | Path, index: pd.DataFrame) -> Split:
     frame = pd.read_csv(path, dtype=str)
     if list(frame.columns) != ["image", "split"] or not frame["split"].isin(SPLITS).all():
         raise DataError(f"split.file={str(path)!r} must have columns image,split with values train/val/test.")
-    missing = set(index["image"]) - set(frame["image"])
-    extra = set(frame["image"]) - set(index["image"])
+    missing = set(index.images) - set(frame["image"])
+    extra = set(frame["image"]) - set(index.images)
     if missing or extra:
         raise DataError(
             f"split.file={str(path)!r} does not match data.root: {len(missing)} indexed images are not in it "
