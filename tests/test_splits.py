@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from helpers import compose_config
+from hydra.errors import ConfigCompositionException
 
 from histo.data.breakhis import DataError, build_index
 from histo.data.splits import make_split, read_split
@@ -98,7 +100,19 @@ def test_bad_split_settings(small_index):
     with pytest.raises(DataError, match="split.fold"):
         split_of(small_index, "patient_kfold", folds=4, fold=4)
     with pytest.raises(DataError, match="split.folds"):
-        split_of(small_index, "patient_kfold", folds=100)
+        split_of(small_index, "patient_kfold", folds=100, fold=0)
+
+
+def test_only_patient_kfold_has_folds(small_index, tmp_path):
+    """split.folds and split.fold belong to patient_kfold; the other options refuse them at composition."""
+    for option in ("image", "patient"):
+        assert "fold" not in compose_config("train", [f"split={option}"], tmp_path).split
+        with pytest.raises(ConfigCompositionException, match="Could not override 'split.fold'"):
+            compose_config("train", [f"split={option}", "split.fold=1"], tmp_path)
+    kfold = compose_config("train", ["split=patient_kfold"], tmp_path).split
+    assert (kfold.folds, kfold.fold) == (5, 0)
+    with pytest.raises(DataError, match="split.strategy=patient_kfold needs split.folds and split.fold"):
+        split_of(small_index, "patient_kfold")
 
 
 def test_split_file_round_trip_and_mismatch(small_index, tmp_path):
@@ -151,8 +165,6 @@ def test_slides_of_one_patient_number_stay_on_one_side_by_default(tmp_path):
 
 def test_real_sample_patient_split_keeps_people_apart(real_root, tmp_path):
     # Issue 14: with slides as patients, split seed 0 put 14-18842D in test and 14-18842 in train.
-    from helpers import compose_config
-
     from histo.data.breakhis import parse_name
     from histo.data.datamodule import load_data
     cfg = compose_config("train", ["split=patient", f"data.root={real_root}"], tmp_path)

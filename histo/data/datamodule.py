@@ -95,8 +95,8 @@ def load_data(data_cfg, split_cfg, synthetic_dir: str | Path) -> Data:
             seed=split_cfg.seed,
             val_ratio=split_cfg.val_ratio,
             test_ratio=split_cfg.test_ratio,
-            folds=split_cfg.get("folds", 5),
-            fold=split_cfg.get("fold", 0),
+            folds=split_cfg.get("folds"),  # patient_kfold's own keys: the other split options have none
+            fold=split_cfg.get("fold"),
         )
     counts = split.counts()
     for name in ("train", "val", "test"):

@@ -65,8 +65,8 @@ def make_split(
     seed: int,
     val_ratio: float = 0.15,
     test_ratio: float = 0.15,
-    folds: int = 5,
-    fold: int = 0,
+    folds: int | None = None,
+    fold: int | None = None,
 ) -> Split:
     """Split ``index`` with a seeded strategy, stratified by the classes of ``task``.
 
@@ -75,7 +75,8 @@ def make_split(
     - ``patient``: whole patients to train/val/test, stratified by class, about the given ratios of
       patients per class.
     - ``patient_kfold``: ``folds`` patient-disjoint folds stratified by class (StratifiedGroupKFold);
-      fold ``fold`` is test, and a patient-disjoint val_ratio share of the other patients is val.
+      fold ``fold`` is test, and a patient-disjoint val_ratio share of the other patients is val. Only this
+      strategy reads ``folds`` and ``fold`` (conf/split/patient_kfold.yaml sets them).
     """
     if strategy not in STRATEGIES:
         raise DataError(f"split.strategy={strategy!r} is not valid; use one of {', '.join(STRATEGIES)}.")
@@ -163,8 +164,11 @@ def _allocate(n: int, val_ratio: float, test_ratio: float) -> tuple[int, int]:
 
 
 def _patient_kfold_split(
-    frame: pd.DataFrame, rng: np.random.Generator, seed: int, val_ratio: float, folds: int, fold: int
+    frame: pd.DataFrame, rng: np.random.Generator, seed: int, val_ratio: float, folds: int | None, fold: int | None
 ) -> np.ndarray:
+    if folds is None or fold is None:
+        raise DataError(f"split.strategy=patient_kfold needs split.folds and split.fold (got {folds} and {fold}); "
+                        "choose split=patient_kfold, which sets them, rather than overriding split.strategy.")
     n_patients = frame["patient"].nunique()
     if not 2 <= folds <= n_patients:
         raise DataError(f"split.folds={folds} must be between 2 and the number of patients ({n_patients}).")
