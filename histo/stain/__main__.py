@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from histo import CONF_DIR
+from histo import config_option, group_options
 from histo.command import UserError, hydra_command
 from histo.data.breakhis import DataError
 from histo.data.image_file import read_rgb
@@ -166,13 +166,13 @@ def run(cfg: DictConfig) -> dict[str, str]:
     input_dir, output = Path(cfg.input), Path(cfg.output)
     if not input_dir.is_dir():
         raise UserError(f"input={input_dir} is not a folder.")
-    method_file = Path(CONF_DIR) / "stain" / f"{cfg.method}.yaml"
-    if not method_file.is_file():
-        raise UserError(f"method={cfg.method} is not valid; use vahadane, macenko, reinhard or none.")
+    methods = group_options("stain")
+    if cfg.method not in methods:
+        raise UserError(f"method={cfg.method} is not valid; use {', '.join(methods)}.")
     if cfg.method == "none":
         normalizer = make_normalizer("none", on_failure=cfg.on_failure)
     else:
-        normalizer = _fitted(cfg, method_file, input_dir)
+        normalizer = _fitted(cfg, input_dir)
     started = time.time()
     passed = normalize_folder(normalizer, input_dir, output, cfg.batch_size, _device(cfg.device))
     normalizer.target.save(output / TARGET_FILE)
@@ -194,13 +194,13 @@ def run(cfg: DictConfig) -> dict[str, str]:
     return passed
 
 
-def _fitted(cfg: DictConfig, method_file: Path, input_dir: Path) -> StainNormalizer:
+def _fitted(cfg: DictConfig, input_dir: Path) -> StainNormalizer:
     """The method's normalizer with its target: an image, ``auto`` (the input folder's first image with
     enough tissue) or a saved ``target_file``."""
     if not cfg.target and not cfg.target_file:
         raise UserError(f"method={cfg.method} needs a target: target=<image>, target=auto (the first image under "
                         "input with enough tissue) or target_file=<a saved stain_target.json>.")
-    stain = OmegaConf.merge(OmegaConf.load(method_file), cfg.options or {},
+    stain = OmegaConf.merge(config_option("stain", cfg.method), cfg.options or {},
                             {"target": cfg.target, "target_file": cfg.target_file, "on_failure": cfg.on_failure})
     candidates = [str(f) for f in image_files(input_dir)] if cfg.target == AUTO else []
     try:
