@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from histo.stain.normalizer import Measurement, StainNormalizer
+from histo.stain.normalizer import Measurement, StainNormalizer, register
 from histo.stain.target import StainTarget
 
 
+@register
 class Identity(StainNormalizer):
     method = "none"
 

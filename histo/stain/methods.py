@@ -1,4 +1,5 @@
-"""The stain methods by name, and a fitted normalizer from a stain config (``conf/stain/*.yaml``).
+"""The stain methods by name (:data:`METHODS`, each class's ``@register``), and a fitted normalizer from a
+stain config (``conf/stain/*.yaml``).
 
 A config names the method, its settings, and where the target comes from: ``target`` (an image,
 or ``auto``) or ``target_file`` (a saved fit). Everything else in the config is the method's
@@ -13,18 +14,11 @@ from pathlib import Path
 
 from histo.data.breakhis import DataError
 from histo.data.image_file import read_rgb
-from histo.stain.identity import Identity
-from histo.stain.macenko import Macenko
-from histo.stain.normalizer import StainError, StainNormalizer
-from histo.stain.reinhard import Reinhard
+from histo.stain.normalizer import METHODS, StainError, StainNormalizer
 from histo.stain.target import StainTarget
-from histo.stain.vahadane import Vahadane
 
 log = logging.getLogger(__name__)
 
-METHODS: dict[str, type[StainNormalizer]] = {
-    "none": Identity, "vahadane": Vahadane, "macenko": Macenko, "reinhard": Reinhard,
-}
 NOT_SETTINGS = ("method", "target", "target_file")  # config keys that are not a method's settings
 TARGET_FILE = "stain_target.json"
 AUTO = "auto"
