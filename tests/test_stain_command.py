@@ -167,6 +167,25 @@ def test_histo_stain_reads_other_formats_skips_unreadable_files_and_fits_auto_on
         run_command(normalize_config([f"input={source}", f"output={tmp_path / 'none'}"]))
 
 
+def test_histo_stain_with_no_normalizer_writes_the_images_back_unchanged(synthetic_root, images, tmp_path, capsys):
+    """none is no normalizer (None): each image decoded and written back, the unreadable listed, and a record
+    (method none, no values) in stain_target.json."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for rel in images[:3]:
+        (source / Path(rel).name).write_bytes((synthetic_root / rel).read_bytes())
+    (source / "broken.png").write_bytes(b"")
+    passed = run_command(normalize_config(["method=none", f"input={source}", f"output={tmp_path / 'out'}"]))
+    assert passed == {"broken.png": "unreadable"}
+    for rel in images[:3]:
+        assert np.array_equal(read_rgb(tmp_path / "out" / Path(rel).name), read_rgb(synthetic_root / rel))
+    assert StainTarget.load(tmp_path / "out" / "stain_target.json") == StainTarget("none", {})
+    assert "none: wrote 3 images" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="Cannot read image .*broken.png"):
+        run_command(normalize_config(["method=none", "on_failure=raise", f"input={source}",
+                                      f"output={tmp_path / 'raise'}"]))
+
+
 def test_histo_stain_refuses_to_write_inside_its_input(tmp_path, synthetic_root, images):
     cfg = normalize_config(["method=reinhard", f"target={synthetic_root / images[0]}", f"input={synthetic_root}",
                             f"output={synthetic_root / 'normalized'}"])

@@ -1,4 +1,5 @@
-"""Stain normalization (Vahadane, Macenko, Reinhard, none) in batched torch, behind one interface.
+"""Stain normalization (Vahadane, Macenko, Reinhard) in batched torch, behind one interface; stain=none is
+no normalizer (None).
 
     normalizer = make_normalizer("vahadane").fit(target_rgb)      # numpy (H, W, 3) uint8, or several
     out = normalizer.transform(batch)                             # uint8 (N, 3, H, W) -> same, any device

@@ -35,8 +35,9 @@ from histo.command import UserError, hydra_command
 from histo.data.breakhis import DataError
 from histo.data.image_file import read_rgb
 from histo.stain.memory import keep_freed_memory
-from histo.stain.methods import AUTO, TARGET_FILE, fit_from_config, make_normalizer
-from histo.stain.normalizer import REASONS, StainError, StainNormalizer
+from histo.stain.methods import AUTO, NONE, TARGET_FILE, fit_from_config
+from histo.stain.normalizer import ON_FAILURE, REASONS, StainError, StainNormalizer
+from histo.stain.target import StainTarget
 
 log = logging.getLogger("histo.stain")
 PASSED_FILE = "stain_passed.csv"
@@ -50,11 +51,14 @@ def image_files(input_dir: Path) -> list[Path]:
                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def normalize_folder(normalizer: StainNormalizer, input_dir: str | Path, output_dir: str | Path,
-                     batch_size: int = 1, device: str = "cpu") -> dict[str, str]:
-    """Normalize every image under ``input_dir`` into ``output_dir``; returns the images passed through
-    unchanged or skipped as unreadable (relative path -> reason)."""
+def normalize_folder(normalizer: StainNormalizer | None, input_dir: str | Path, output_dir: str | Path,
+                     batch_size: int = 1, device: str = "cpu", on_failure: str = "pass") -> dict[str, str]:
+    """Normalize every image under ``input_dir`` into ``output_dir`` (no normalizer: write each decoded image
+    back unchanged); returns the images passed through unchanged or skipped as unreadable (relative path ->
+    reason). ``on_failure="raise"`` stops at an unreadable file (the normalizer's own decides on the rest)."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if on_failure not in ON_FAILURE:
+        raise UserError(f"stain.on_failure={on_failure} is not valid; use one of {', '.join(ON_FAILURE)}.")
     if not input_dir.is_dir():
         raise UserError(f"input={input_dir} is not a folder.")
     if output_dir.resolve() == input_dir.resolve() or input_dir.resolve() in output_dir.resolve().parents:
@@ -65,14 +69,17 @@ def normalize_folder(normalizer: StainNormalizer, input_dir: str | Path, output_
     passed: dict[str, str] = {}
     window = 2 * max(1, batch_size)  # images decoded ahead and written behind: memory stays bounded
     with ThreadPoolExecutor(max_workers=2) as readers, ThreadPoolExecutor(max_workers=1) as writer, \
-            tqdm(total=len(files), unit="img", desc=normalizer.method) as bar:
+            tqdm(total=len(files), unit="img", desc=normalizer.method if normalizer else NONE) as bar:
         images = _read_ahead(readers, [input_dir / f for f in files], window)
-        readable = _readable(files, images, passed, normalizer.on_failure, bar)
+        readable = _readable(files, images, passed, on_failure, bar)
         writes: deque = deque()
         for batch_files, batch in _batches(readable, batch_size):
-            tensor = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(device)
-            out, failed = normalizer.normalize(tensor, names=[str(input_dir / f) for f in batch_files])
-            out = out.permute(0, 2, 3, 1).cpu().numpy()
+            if normalizer is None:
+                out, failed = batch, [None] * len(batch)
+            else:
+                tensor = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(device)
+                out, failed = normalizer.normalize(tensor, names=[str(input_dir / f) for f in batch_files])
+                out = out.permute(0, 2, 3, 1).cpu().numpy()
             for rel, image, reason in zip(batch_files, out, failed, strict=True):
                 if reason:
                     passed[str(rel)] = reason
@@ -169,24 +176,27 @@ def run(cfg: DictConfig) -> dict[str, str]:
     method_file = Path(CONF_DIR) / "stain" / f"{cfg.method}.yaml"
     if not method_file.is_file():
         raise UserError(f"method={cfg.method} is not valid; use vahadane, macenko, reinhard or none.")
-    if cfg.method == "none":
-        normalizer = make_normalizer("none", on_failure=cfg.on_failure)
-    else:
-        normalizer = _fitted(cfg, method_file, input_dir)
+    normalizer = None if cfg.method == NONE else _fitted(cfg, method_file, input_dir)
+    files = image_files(input_dir)
     started = time.time()
-    passed = normalize_folder(normalizer, input_dir, output, cfg.batch_size, _device(cfg.device))
-    normalizer.target.save(output / TARGET_FILE)
+    passed = normalize_folder(normalizer, input_dir, output, cfg.batch_size, _device(cfg.device), cfg.on_failure)
+    # the folder's record: the fitted target, or (none) that there was no normalizer
+    (normalizer.target if normalizer else StainTarget(NONE, {})).save(output / TARGET_FILE)
     rows = io.StringIO()
     csv.writer(rows, lineterminator="\n").writerows([["image", "reason"], *sorted(passed.items())])
     _write_text(output / PASSED_FILE, rows.getvalue())
     skipped = sum(reason == UNREADABLE for reason in passed.values())
-    total = normalizer.counts["normalized"] + len(passed) - skipped
-    print(f"{cfg.method}: normalized {normalizer.counts['normalized']} of {total} images from {input_dir} into "
-          f"{output} in {time.time() - started:.1f} s; {len(passed) - skipped} passed through unchanged"
-          f"{f', {skipped} unreadable skipped' if skipped else ''}.")
-    for reason, text in REASONS.items():
-        if normalizer.counts[reason]:
-            print(f"  {reason}: {normalizer.counts[reason]} ({text})")
+    total, took = len(files) - skipped, time.time() - started
+    unreadable = f", {skipped} unreadable skipped" if skipped else ""
+    if normalizer is None:
+        print(f"{NONE}: wrote {total} images from {input_dir} into {output} unchanged (no normalizer) in "
+              f"{took:.1f} s{unreadable}.")
+    else:
+        print(f"{cfg.method}: normalized {normalizer.counts['normalized']} of {total} images from {input_dir} into "
+              f"{output} in {took:.1f} s; {len(passed) - skipped} passed through unchanged{unreadable}.")
+        for reason, text in REASONS.items():
+            if normalizer.counts[reason]:
+                print(f"  {reason}: {normalizer.counts[reason]} ({text})")
     if skipped:
         print(f"  {UNREADABLE}: {skipped} (the file could not be decoded; nothing written for it)")
     print(f"Unchanged and skipped images are listed in {output / PASSED_FILE}; the target is saved in "

@@ -20,12 +20,16 @@ from histo.stain.target import StainTarget
 log = logging.getLogger(__name__)
 
 NOT_SETTINGS = ("method", "target", "target_file")  # config keys that are not a method's settings
+NONE = "none"  # the stain option that means no normalizer (None): conf/stain/none.yaml
 TARGET_FILE = "stain_target.json"
 AUTO = "auto"
 
 
 def make_normalizer(method: str, **options) -> StainNormalizer:
     """An unfitted normalizer; ``options`` are the method's settings (a ``conf/stain`` option's keys)."""
+    if method == NONE:
+        raise ValueError(f"stain.method={NONE} means no normalizer (fit_from_config returns None for it); "
+                         f"make_normalizer takes one of {', '.join(METHODS)}.")
     if method not in METHODS:
         raise ValueError(f"stain.method={method!r} is not valid; use one of {', '.join(METHODS)}.")
     try:
@@ -42,8 +46,8 @@ def fit_from_config(cfg: Mapping, root: str | Path | None = None, candidates: Se
     training images, in sorted order) that has enough tissue. ``target_file``: a saved fit instead.
     """
     cfg = dict(cfg)
-    method = cfg.get("method", "none")
-    if method == "none":
+    method = cfg.get("method", NONE)
+    if method == NONE:
         return None
     normalizer = make_normalizer(method, **{k: v for k, v in cfg.items() if k not in NOT_SETTINGS})
     target, target_file = cfg.get("target"), cfg.get("target_file")
@@ -82,8 +86,8 @@ def normalizer_from_record(record: Mapping | None, run_dir: str | Path) -> Stain
     rebuilt normalizer maps images exactly as the run's did.
     """
     record = dict(record or {})
-    method = record.get("method", "none")
-    if method in (None, "none"):
+    method = record.get("method", NONE)
+    if method in (None, NONE):
         return None
     saved = Path(run_dir) / (record.get("saved_target") or TARGET_FILE)
     if not saved.is_file():
