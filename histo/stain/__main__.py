@@ -1,14 +1,15 @@
-"""Stain-normalize a folder of images: ``histo-stain method=vahadane target=<image> input=<dir> output=<dir>``
-(or ``python -m histo.stain ...``).
+"""Stain-normalize a folder of images: ``histo-stain stain=vahadane stain.target=<image>|auto input=<dir>
+output=<dir>`` (or ``python -m histo.stain ...``); ``conf/stain.yaml`` composes the ``stain`` group as
+histo-train does, so a method's settings are ``stain.<key>=`` overrides.
 
 Every image under ``input`` (PNG, JPEG, TIFF or BMP: :data:`IMAGE_SUFFIXES`) is written to the same
 relative path under ``output``, in the same format, with a progress bar. Images that cannot be
 normalized (too little tissue, one colour) are written unchanged; files that cannot be read are
 skipped (nothing written). Both are listed in ``output/stain_passed.csv`` with the reason and counted
-at the end (``on_failure=raise`` stops at the first instead). ``target=auto`` fits the target on the
-first image under ``input`` (sorted by path) with enough tissue. ``output/stain_target.json`` holds
-the fitted target, so another folder can be normalized the same way with ``target_file=``. Every
-output file is written atomically: an interrupted run leaves whole files only.
+at the end (``stain.on_failure=raise`` stops at the first instead). ``stain.target=auto`` fits the
+target on the first image under ``input`` (sorted by path) with enough tissue. ``output/stain_target.json``
+holds the fitted target, so another folder can be normalized the same way with ``stain.target_file=``.
+Every output file is written atomically: an interrupted run leaves whole files only.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from histo import CONF_DIR
 from histo.command import UserError, hydra_command
 from histo.data.breakhis import DataError
 from histo.data.image_file import read_rgb
@@ -168,18 +168,16 @@ def run(cfg: DictConfig) -> dict[str, str]:
     of unchanged images, and print the counts."""
     for key, what in (("input", "the folder of images to normalize"), ("output", "where to write them")):
         if OmegaConf.is_missing(cfg, key) or not cfg[key]:
-            raise UserError(f"{key}=<folder> is missing: {what} (histo-stain method=vahadane target=<image>|auto "
-                            "input=<folder> output=<folder>).")
+            raise UserError(f"{key}=<folder> is missing: {what} (histo-stain stain=vahadane "
+                            "stain.target=<image>|auto input=<folder> output=<folder>).")
     input_dir, output = Path(cfg.input), Path(cfg.output)
     if not input_dir.is_dir():
         raise UserError(f"input={input_dir} is not a folder.")
-    method_file = Path(CONF_DIR) / "stain" / f"{cfg.method}.yaml"
-    if not method_file.is_file():
-        raise UserError(f"method={cfg.method} is not valid; use vahadane, macenko, reinhard or none.")
-    normalizer = None if cfg.method == NONE else _fitted(cfg, method_file, input_dir)
     files = image_files(input_dir)
+    normalizer = _fitted(cfg.stain, input_dir, files)
     started = time.time()
-    passed = normalize_folder(normalizer, input_dir, output, cfg.batch_size, _device(cfg.device), cfg.on_failure)
+    passed = normalize_folder(normalizer, input_dir, output, cfg.batch_size, _device(cfg.device),
+                              cfg.stain.on_failure)
     # the folder's record: the fitted target, or (none) that there was no normalizer
     (normalizer.target if normalizer else StainTarget(NONE, {})).save(output / TARGET_FILE)
     rows = io.StringIO()
@@ -192,8 +190,8 @@ def run(cfg: DictConfig) -> dict[str, str]:
         print(f"{NONE}: wrote {total} images from {input_dir} into {output} unchanged (no normalizer) in "
               f"{took:.1f} s{unreadable}.")
     else:
-        print(f"{cfg.method}: normalized {normalizer.counts['normalized']} of {total} images from {input_dir} into "
-              f"{output} in {took:.1f} s; {len(passed) - skipped} passed through unchanged{unreadable}.")
+        print(f"{normalizer.method}: normalized {normalizer.counts['normalized']} of {total} images from {input_dir} "
+              f"into {output} in {took:.1f} s; {len(passed) - skipped} passed through unchanged{unreadable}.")
         for reason, text in REASONS.items():
             if normalizer.counts[reason]:
                 print(f"  {reason}: {normalizer.counts[reason]} ({text})")
@@ -204,25 +202,25 @@ def run(cfg: DictConfig) -> dict[str, str]:
     return passed
 
 
-def _fitted(cfg: DictConfig, method_file: Path, input_dir: Path) -> StainNormalizer:
-    """The method's normalizer with its target: an image, ``auto`` (the input folder's first image with
-    enough tissue) or a saved ``target_file``."""
-    if not cfg.target and not cfg.target_file:
-        raise UserError(f"method={cfg.method} needs a target: target=<image>, target=auto (the first image under "
-                        "input with enough tissue) or target_file=<a saved stain_target.json>.")
-    stain = OmegaConf.merge(OmegaConf.load(method_file), cfg.options or {},
-                            {"target": cfg.target, "target_file": cfg.target_file, "on_failure": cfg.on_failure})
-    candidates = [str(f) for f in image_files(input_dir)] if cfg.target == AUTO else []
+def _fitted(stain: DictConfig, input_dir: Path, files: list[Path]) -> StainNormalizer | None:
+    """The normalizer ``stain`` describes (None for stain=none) with its target: an image, ``auto`` (the
+    first of the input folder's ``files`` with enough tissue) or a saved ``target_file``."""
+    if stain.method == NONE:
+        return None
+    if not stain.target and not stain.target_file:
+        raise UserError(f"stain={stain.method} needs a target: stain.target=<image>, stain.target=auto (the first "
+                        "image under input with enough tissue) or stain.target_file=<a saved stain_target.json>.")
+    candidates = [str(f) for f in files] if stain.target == AUTO else []
     try:
         return fit_from_config(OmegaConf.to_container(stain, resolve=True), input_dir, candidates)
     except StainError as error:
-        if cfg.target == AUTO:
-            raise UserError(f"target=auto: none of the {len(candidates)} images under input={input_dir} has enough "
-                            "tissue to fit a stain target; give target=<image>.") from error
+        if stain.target == AUTO:
+            raise UserError(f"stain.target=auto: none of the {len(candidates)} images under input={input_dir} has "
+                            "enough tissue to fit a stain target; give stain.target=<image>.") from error
         raise
 
 
-@hydra_command("normalize", prog="histo-stain")
+@hydra_command("stain", prog="histo-stain")
 def main(cfg: DictConfig) -> None:
     keep_freed_memory()  # this process normalizes image after image: reuse memory rather than page-fault it in
     run(cfg)
