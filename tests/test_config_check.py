@@ -35,6 +35,7 @@ REPO = Path(CONF_DIR).parent
     (["optim.optimizer=sgd"], "optim.optimizer=sgd: must be one of adam, adamw"),
     (["trainer.precision=8"], "trainer.precision=8: must be one of 32-true"),
     (["stain=vahadane"], "stain.method=vahadane needs a target: stain.target=<image>"),
+    (["stain.method=bogus"], "stain.method=bogus: must be one of none, "),  # none, then the registered methods
     (["model.weights=/no/such.pth"], "model.weights=/no/such.pth: no such file"),
     (["trainer.deterministic=maybe"], "trainer.deterministic=maybe: must be true, false or warn"),
     (["+ckpt_path=last.ckpt"], "ckpt_path is not a histo setting"),

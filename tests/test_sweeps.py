@@ -8,7 +8,10 @@ import sys
 import pandas as pd
 import pytest
 from helpers import FAST, compose_config
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
+from histo import CONF_DIR
 from histo.compare import main as compare
 from histo.evaluation.run_dir import RunDir
 
@@ -17,8 +20,11 @@ TINY = [*FAST, "debug=limit", "trainer.max_epochs=1"]
 
 def compare_main(root, *overrides) -> int:
     """``histo-compare root=<root> <overrides>`` in this process; its exit status."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("compare", [f"root={root}", *overrides])
     try:
-        compare(compose_config("compare", [f"root={root}", *overrides], root))
+        compare(cfg)
     except SystemExit as exit_:
         return exit_.code
     return 0
@@ -92,11 +98,6 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(synthetic_root, tmp_path, 
 
 
 def test_slurm_and_optuna_configs_compose(tmp_path):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from histo import CONF_DIR
-
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         slurm = compose("train", ["hydra/launcher=slurm"], return_hydra_config=True)
