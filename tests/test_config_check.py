@@ -66,7 +66,7 @@ for module, argv in json.loads(sys.argv[1]):
     sys.argv, err = [module, *argv], io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
-            code = sys.modules[module].main(*([argv] if module == "histo.compare" else []))
+            code = sys.modules[module].main()
         except SystemExit as exit_:
             code = exit_.code
         except Exception as exc:
@@ -87,7 +87,7 @@ def test_every_command_reports_a_user_error_in_one_line_with_status_2(tmp_path):
         ("histo.ensemble.__main__", [f"runs=[{runs}]", f"out={tmp_path / 'ensemble'}"]),
         ("histo.report.__main__", [f"out={tmp_path / 'report'}"]),
         ("histo.explain.__main__", [f"out={tmp_path / 'explain'}"]),
-        ("histo.compare", [str(tmp_path / "none")]),
+        ("histo.compare", [f"root={tmp_path / 'none'}"]),
         ("histo.predict.__main__", [f"runs=[{runs}]", "images=.", f"out={tmp_path / 'predict'}"]),
         ("histo.export", [f"run={runs}", f"hydra.run.dir={tmp_path / 'export'}"]),
         ("histo.app.__main__", [f"runs=[{runs}]", f"hydra.run.dir={tmp_path / 'app'}"]),
