@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 
 from histo import CONF_DIR
+from histo.command_help import register_resolver
 
 USAGE_STATUS = 2  # the exit status of a command the user called wrongly (as argparse uses)
 
@@ -50,6 +51,8 @@ def reporting(prog: str):
 def hydra_command(config_name: str, prog: str):
     """Make a Hydra task function (``task(cfg)``) the ``main()`` of command ``prog``, reporting user
     errors as :func:`reporting` does. ``main(cfg)`` calls the task directly (as ``hydra.main`` allows)."""
+
+    register_resolver()
 
     def decorate(task):
         @functools.wraps(task)

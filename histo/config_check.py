@@ -22,7 +22,7 @@ from histo.data.splits import STRATEGIES
 from histo.data.transforms import BORDERS, INTERPOLATIONS
 from histo.evaluation.metrics import METRICS
 from histo.models.module import OPTIMIZERS, SCHEDULERS
-from histo.stain.methods import AUTO, METHODS
+from histo.stain.methods import AUTO, METHODS, NONE
 from histo.stain.normalizer import ON_FAILURE
 
 MIN_IMAGE_SIZE = 32  # EfficientNets downsample 32x: smaller inputs leave no spatial map
@@ -150,9 +150,9 @@ def _check_optim(checks: _Checks) -> None:
 
 def _check_stain(checks: _Checks) -> None:
     method = checks.value("stain.method")
-    checks.choice("stain.method", tuple(METHODS))
+    checks.choice("stain.method", (NONE, *METHODS))
     checks.choice("stain.on_failure", ON_FAILURE)
-    if method in (None, _ABSENT, "none") or method not in METHODS:
+    if method not in METHODS:  # none (no normalizer), or an error reported above
         return
     target, target_file = checks.value("stain.target"), checks.value("stain.target_file")
     if target and target_file:

@@ -38,6 +38,7 @@ REPO = Path(CONF_DIR).parent
     (["optim.optimizer=sgd"], "optim.optimizer=sgd: must be one of adam, adamw"),
     (["trainer.precision=8"], "trainer.precision=8: must be one of 32-true"),
     (["stain=vahadane"], "stain.method=vahadane needs a target: stain.target=<image>"),
+    (["stain.method=bogus"], "stain.method=bogus: must be one of none, "),  # none, then the registered methods
     (["model.weights=/no/such.pth"], "model.weights=/no/such.pth: no such file"),
     (["trainer.deterministic=maybe"], "trainer.deterministic=maybe: must be true, false or warn"),
     (["+ckpt_path=last.ckpt"], "ckpt_path is not a histo setting"),
@@ -68,7 +69,7 @@ for module, argv in json.loads(sys.argv[1]):
     sys.argv, err = [module, *argv], io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
-            code = sys.modules[module].main(*([argv] if module == "histo.compare" else []))
+            code = sys.modules[module].main()
         except SystemExit as exit_:
             code = exit_.code
         except Exception as exc:
@@ -89,7 +90,7 @@ def test_every_command_reports_a_user_error_in_one_line_with_status_2(tmp_path):
         ("histo.ensemble.__main__", [f"runs=[{runs}]", f"out={tmp_path / 'ensemble'}"]),
         ("histo.report.__main__", [f"out={tmp_path / 'report'}"]),
         ("histo.explain.__main__", [f"out={tmp_path / 'explain'}"]),
-        ("histo.compare", [str(tmp_path / "none")]),
+        ("histo.compare", [f"root={tmp_path / 'none'}"]),
         ("histo.predict.__main__", [f"runs=[{runs}]", "images=.", f"out={tmp_path / 'predict'}"]),
         ("histo.export", [f"run={runs}", f"hydra.run.dir={tmp_path / 'export'}"]),
         ("histo.app.__main__", [f"runs=[{runs}]", f"hydra.run.dir={tmp_path / 'app'}"]),

@@ -4,20 +4,27 @@ images, outputs are deterministic uint8, targets round-trip, and the building bl
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from histo import CONF_DIR, config_option, group_options
 from histo.data.image_file import read_rgb
 from histo.data.synthetic import EOSIN, HEMATOXYLIN, _patient_stains
 from histo.stain import METHODS, REASONS, StainError, StainTarget, make_normalizer
 from histo.stain.lab import integer_lab_to_rgb, integer_rgb_to_lab, lab_to_rgb, luminosity, rgb_to_lab
 from histo.stain.lasso import nonneg_lasso
+from histo.stain.methods import NONE
+from histo.stain.normalizer import register
 from histo.stain.percentile import percentile
 
-STAIN_METHODS = tuple(m for m in METHODS if m != "none")  # every normalizer: a new one is tested with no edit here
+STAIN_METHODS = tuple(METHODS)  # every registered normalizer: a new one is tested with no edit here
 # torchstain's reference H&E: an eosin with enough red and blue optical density for Macenko's beta.
 REFERENCE_HE = np.array([[0.5626, 0.7201, 0.4062], [0.2159, 0.8012, 0.5581]])
 
@@ -251,15 +258,23 @@ def test_targets_fit_on_several_images_and_check_their_method(sources):
         make_normalizer("vahadane").fit(sources[0].astype(np.float32))
 
 
-def test_every_method_has_a_config_and_none_changes_nothing(sources):
-    from histo import CONF_DIR
-
-    for method in METHODS:
-        assert (CONF_DIR and __import__("pathlib").Path(CONF_DIR, "stain", f"{method}.yaml").is_file())
-    images = batch(*sources)
-    assert torch.equal(make_normalizer("none").transform(images), images)
+def test_the_registered_methods_are_the_conf_stain_options():
+    """A method is its module (a @register-ed class) and its conf/stain option: each has the other, by name,
+    however histo.stain is first imported; none is an option but no normalizer (None)."""
+    options = {name: config_option("stain", name).method for name in group_options("stain")}
+    assert options == {name: name for name in (NONE, *METHODS)} and NONE not in METHODS
+    assert all(cls.method == name for name, cls in METHODS.items())
+    code = ("import json, histo.stain.reinhard; from histo.stain.normalizer import METHODS; "
+            "print(json.dumps(list(METHODS)))")  # one method module first: the package still imports them all
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(CONF_DIR).parent)})
+    assert sorted(json.loads(done.stdout)) == sorted(METHODS), done.stderr[-2000:]
+    with pytest.raises(ValueError, match="stain.method=none means no normalizer"):
+        make_normalizer(NONE)
     with pytest.raises(ValueError, match="stain.method"):
         make_normalizer("bogus")
+    with pytest.raises(TypeError, match="registered twice"):
+        register(type("Again", (METHODS["reinhard"],), {}))
 
 
 # ----- building blocks -----

@@ -21,10 +21,10 @@ from hydra.core.global_hydra import GlobalHydra
 from histo import CONF_DIR
 from histo.data.dataset import read_rgb
 from histo.data.transforms import augmentations, train_transform
-from histo.stain import StainError, StainTarget
+from histo.stain import METHODS, StainError, StainTarget
 from histo.stain.__main__ import run as run_command
 from histo.stain.jitter import StainJitter
-from histo.stain.methods import fit_from_config, stain_record
+from histo.stain.methods import NONE, fit_from_config, stain_record
 
 REPO = Path(CONF_DIR).parent
 # Subprocesses on one thread: on a busy two-core machine torch's second thread mostly spin-waits
@@ -32,11 +32,11 @@ REPO = Path(CONF_DIR).parent
 ONE_THREAD = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-def normalize_config(overrides: list[str]):
-    """conf/normalize.yaml composed as the histo-stain command line would."""
+def stain_config(overrides: list[str]):
+    """conf/stain.yaml composed as the histo-stain command line would."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="normalize", overrides=overrides)
+        return compose(config_name="stain", overrides=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +47,11 @@ def images(synthetic_root) -> list[str]:
 
 # ----- configs and targets -----
 
-@pytest.mark.parametrize("method", ["none", "vahadane", "macenko", "reinhard"])
+@pytest.mark.parametrize("method", [NONE, *METHODS])  # every conf/stain option (test_stain.py checks they match)
 def test_every_stain_option_composes_and_builds(method, synthetic_root, images, tmp_path):
     cfg = compose_config("train", [f"stain={method}", "stain.target=auto"], tmp_path)
     normalizer = fit_from_config(cfg.stain, synthetic_root, images)
-    if method == "none":
+    if method == NONE:
         assert normalizer is None
         return
     assert normalizer.method == method and normalizer.target.source == [images[0]]
@@ -116,7 +116,7 @@ def test_histo_stain_normalizes_a_folder_and_lists_what_it_left_unchanged(synthe
         (source / rel).write_bytes((synthetic_root / rel).read_bytes())
     blank = np.full((42, 64, 3), 250, np.uint8)
     cv2.imwrite(str(source / "blank.png"), blank)
-    cfg = normalize_config([f"target={synthetic_root / images[10]}", f"input={source}",
+    cfg = stain_config([f"stain.target={synthetic_root / images[10]}", f"input={source}",
                             f"output={tmp_path / 'out'}", "batch_size=4"])
     passed = run_command(cfg)
     out = tmp_path / "out"
@@ -132,8 +132,8 @@ def test_histo_stain_normalizes_a_folder_and_lists_what_it_left_unchanged(synthe
     assert "normalized 6 of 7 images" in printed and "little_tissue: 1" in printed
 
     # The saved target repeats the run without the target image, byte for byte, one image at a time.
-    again = normalize_config([f"target_file={out / 'stain_target.json'}", f"input={source}",
-                              f"output={tmp_path / 'again'}", "batch_size=1"])
+    again = stain_config([f"stain.target_file={out / 'stain_target.json'}", f"input={source}",
+                          f"output={tmp_path / 'again'}", "batch_size=1"])
     run_command(again)
     for rel in images[:6]:
         assert np.array_equal(read_rgb(tmp_path / "again" / rel), read_rgb(out / rel))
@@ -149,7 +149,7 @@ def test_histo_stain_reads_other_formats_skips_unreadable_files_and_fits_auto_on
     (source / "broken.png").write_bytes(b"")  # an empty file, and one that is no image at all
     (source / "garbage.jpg").write_bytes(b"not an image")
     (source / "notes.txt").write_text("not an image file name: ignored")
-    cfg = normalize_config(["method=reinhard", "target=auto", f"input={source}", f"output={out}"])
+    cfg = stain_config(["stain=reinhard", "stain.target=auto", f"input={source}", f"output={out}"])
     passed = run_command(cfg)
     assert passed == {"broken.png": "unreadable", "garbage.jpg": "unreadable"}
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.jpg", "d.TIF", "e.bmp", "stain_passed.csv",
@@ -161,19 +161,38 @@ def test_histo_stain_reads_other_formats_skips_unreadable_files_and_fits_auto_on
     printed = capsys.readouterr().out
     assert "normalized 4 of 4 images" in printed and "2 unreadable skipped" in printed and "unreadable: 2" in printed
     with pytest.raises(ValueError, match="Cannot read image .*broken.png"):
-        run_command(normalize_config(["method=reinhard", "target=auto", "on_failure=raise", f"input={source}",
-                                      f"output={tmp_path / 'raise'}"]))
-    with pytest.raises(ValueError, match="method=vahadane needs a target: target=<image>, target=auto"):
-        run_command(normalize_config([f"input={source}", f"output={tmp_path / 'none'}"]))
+        run_command(stain_config(["stain=reinhard", "stain.target=auto", "stain.on_failure=raise",
+                                  f"input={source}", f"output={tmp_path / 'raise'}"]))
+    with pytest.raises(ValueError, match="stain=vahadane needs a target: stain.target=<image>, stain.target=auto"):
+        run_command(stain_config([f"input={source}", f"output={tmp_path / 'none'}"]))
+
+
+def test_histo_stain_with_no_normalizer_writes_the_images_back_unchanged(synthetic_root, images, tmp_path, capsys):
+    """none is no normalizer (None): each image decoded and written back, the unreadable listed, and a record
+    (method none, no values) in stain_target.json."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for rel in images[:3]:
+        (source / Path(rel).name).write_bytes((synthetic_root / rel).read_bytes())
+    (source / "broken.png").write_bytes(b"")
+    passed = run_command(stain_config(["stain=none", f"input={source}", f"output={tmp_path / 'out'}"]))
+    assert passed == {"broken.png": "unreadable"}
+    for rel in images[:3]:
+        assert np.array_equal(read_rgb(tmp_path / "out" / Path(rel).name), read_rgb(synthetic_root / rel))
+    assert StainTarget.load(tmp_path / "out" / "stain_target.json") == StainTarget("none", {})
+    assert "none: wrote 3 images" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="Cannot read image .*broken.png"):
+        run_command(stain_config(["stain=none", "stain.on_failure=raise", f"input={source}",
+                                  f"output={tmp_path / 'raise'}"]))
 
 
 def test_histo_stain_refuses_to_write_inside_its_input(tmp_path, synthetic_root, images):
-    cfg = normalize_config(["method=reinhard", f"target={synthetic_root / images[0]}", f"input={synthetic_root}",
-                            f"output={synthetic_root / 'normalized'}"])
+    cfg = stain_config(["stain=reinhard", f"stain.target={synthetic_root / images[0]}", f"input={synthetic_root}",
+                        f"output={synthetic_root / 'normalized'}"])
     with pytest.raises(ValueError, match="must not be input or inside it"):
         run_command(cfg)
-    cfg = normalize_config([f"target={synthetic_root / images[0]}", f"input={synthetic_root}",
-                            f"output={tmp_path / 'out'}", "+options.sample=10"])
+    cfg = stain_config([f"stain.target={synthetic_root / images[0]}", f"input={synthetic_root}",
+                        f"output={tmp_path / 'out'}", "+stain.sample=10"])
     with pytest.raises(ValueError, match="Invalid settings for stain method 'vahadane'.*sample"):
         run_command(cfg)
 
@@ -182,8 +201,8 @@ def test_the_real_histo_stain_command(synthetic_root, images, tmp_path):
     for rel in images[:2]:
         (tmp_path / "in" / Path(rel).name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "in" / Path(rel).name).write_bytes((synthetic_root / rel).read_bytes())
-    command = [sys.executable, "-m", "histo.stain", "method=macenko", f"target={synthetic_root / images[5]}",
-               f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}"]
+    command = [sys.executable, "-m", "histo.stain", "stain=macenko", f"stain.target={synthetic_root / images[5]}",
+               "stain.alpha=2", "+stain.threads=1", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -191,6 +210,13 @@ def test_the_real_histo_stain_command(synthetic_root, images, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         [Path(images[0]).name, Path(images[1]).name, "stain_passed.csv", "stain_target.json"])
     assert not list(tmp_path.glob("*.log"))  # logs go to the console only
+    assert StainTarget.load(tmp_path / "out" / "stain_target.json").options["alpha"] == 2  # stain.<key>=: a setting
+
+    # an unknown method is Hydra's own error about the stain group, which names the options; exit status 2
+    command[3] = "stain=bogus"
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=ONE_THREAD)
+    assert done.returncode == 2 and "Could not find 'stain/bogus'" in done.stderr, done.stderr[-2000:]
+    assert all(name in done.stderr for name in ("none", "vahadane", "macenko", "reinhard"))
 
 
 # ----- stain jitter -----

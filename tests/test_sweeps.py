@@ -8,11 +8,26 @@ import sys
 import pandas as pd
 import pytest
 from helpers import FAST, compose_config
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
-from histo.compare import main as compare_main
+from histo import CONF_DIR
+from histo.compare import main as compare
 from histo.evaluation.run_dir import RunDir
 
 TINY = [*FAST, "debug=limit", "trainer.max_epochs=1"]
+
+
+def compare_main(root, *overrides) -> int:
+    """``histo-compare root=<root> <overrides>`` in this process; its exit status."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("compare", [f"root={root}", *overrides])
+    try:
+        compare(cfg)
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
 
 
 def sweep(root, out, *overrides):
@@ -40,7 +55,7 @@ def test_multirun_gives_each_run_its_own_directory(seed_sweep):
 
 def test_histo_compare_tables_the_runs(seed_sweep, capsys):
     out, _ = seed_sweep
-    assert compare_main([str(out), "--sort", "auroc", "--sort-split", "test"]) == 0
+    assert compare_main(out, "sort=auroc", "sort_split=test") == 0
     printed = capsys.readouterr().out
     table = pd.read_csv(out / "compare.csv")
     assert sorted(table["seed"]) == [1, 2]
@@ -49,12 +64,12 @@ def test_histo_compare_tables_the_runs(seed_sweep, capsys):
     inside = (table["auroc_low"] <= table["auroc"]) & (table["auroc"] <= table["auroc_high"])
     assert inside[table["auroc_low"].notna()].all()  # no interval (NaN): withheld, or every resample alike
     assert printed.count("_v1_b0 |") == 2 and "| seed |" in printed
-    with pytest.raises(SystemExit):
-        compare_main([str(out), "--sort", "loss"])
+    assert compare_main(out, "sort=loss") == 2
+    assert capsys.readouterr().err.startswith("histo-compare: sort=loss is not a metric; use one of accuracy,")
 
 
 def test_histo_compare_refuses_a_directory_without_runs(tmp_path, capsys):
-    assert compare_main([str(tmp_path)]) == 2
+    assert compare_main(tmp_path) == 2
     assert "No training run under" in capsys.readouterr().err
 
 
@@ -76,18 +91,13 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(synthetic_root, tmp_path, 
     assert list(tmp_path.glob(".submitit/*/*_log.out"))  # submitit ran them as jobs
 
     # histo-compare of a model sweep: the model column once, although `model` is the override that differs
-    assert compare_main([str(tmp_path)]) == 0
+    assert compare_main(tmp_path) == 0
     header = capsys.readouterr().out.splitlines()[0]
     assert header.startswith("| run | model | n_images |") and header.count("| model |") == 1
     assert list(pd.read_csv(tmp_path / "compare.csv").columns[:4]) == ["run", "model", "state", "n_images"]
 
 
 def test_slurm_and_optuna_configs_compose(tmp_path):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from histo import CONF_DIR
-
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         slurm = compose("train", ["hydra/launcher=slurm"], return_hydra_config=True)
@@ -107,7 +117,7 @@ def test_histo_compare_sorts_by_val_unless_asked(tmp_path, capsys):
         RunDir(tmp_path / name).write_record({"model": "v1_b0", "metrics": scores})
     assert comparison(tmp_path)["run"].tolist() == ["a", "c", "b"]
     assert comparison(tmp_path, sort_split="test")["run"].tolist() == ["b", "c", "a"]
-    assert compare_main([str(tmp_path)]) == 0
+    assert compare_main(tmp_path) == 0
     assert "sorted by val balanced_accuracy" in (tmp_path / "compare.md").read_text()
-    assert compare_main([str(tmp_path), "--sort-split", "test"]) == 0
+    assert compare_main(tmp_path, "sort_split=test") == 0
     assert pd.read_csv(tmp_path / "compare.csv")["run"].tolist() == ["b", "c", "a"]

@@ -28,11 +28,13 @@ from histo.stain.normalizer import (
     SINGLE_COLOUR_OD,
     Measurement,
     StainNormalizer,
+    register,
 )
 from histo.stain.optical_density import lookup
 from histo.stain.percentile import nearest_rank
 
 
+@register
 class Macenko(StainNormalizer):
     method = "macenko"
     target_keys = ("stain_matrix", "max_concentrations")

@@ -1,4 +1,5 @@
-"""The stain methods by name, and a fitted normalizer from a stain config (``conf/stain/*.yaml``).
+"""The stain methods by name (:data:`METHODS`, each class's ``@register``), and a fitted normalizer from a
+stain config (``conf/stain/*.yaml``).
 
 A config names the method, its settings, and where the target comes from: ``target`` (an image,
 or ``auto``) or ``target_file`` (a saved fit). Everything else in the config is the method's
@@ -13,25 +14,22 @@ from pathlib import Path
 
 from histo.data.breakhis import DataError
 from histo.data.image_file import read_rgb
-from histo.stain.identity import Identity
-from histo.stain.macenko import Macenko
-from histo.stain.normalizer import StainError, StainNormalizer
-from histo.stain.reinhard import Reinhard
+from histo.stain.normalizer import METHODS, StainError, StainNormalizer
 from histo.stain.target import StainTarget
-from histo.stain.vahadane import Vahadane
 
 log = logging.getLogger(__name__)
 
-METHODS: dict[str, type[StainNormalizer]] = {
-    "none": Identity, "vahadane": Vahadane, "macenko": Macenko, "reinhard": Reinhard,
-}
 NOT_SETTINGS = ("method", "target", "target_file")  # config keys that are not a method's settings
+NONE = "none"  # the stain option that means no normalizer (None): conf/stain/none.yaml
 TARGET_FILE = "stain_target.json"
 AUTO = "auto"
 
 
 def make_normalizer(method: str, **options) -> StainNormalizer:
     """An unfitted normalizer; ``options`` are the method's settings (a ``conf/stain`` option's keys)."""
+    if method == NONE:
+        raise ValueError(f"stain.method={NONE} means no normalizer (fit_from_config returns None for it); "
+                         f"make_normalizer takes one of {', '.join(METHODS)}.")
     if method not in METHODS:
         raise ValueError(f"stain.method={method!r} is not valid; use one of {', '.join(METHODS)}.")
     try:
@@ -48,8 +46,8 @@ def fit_from_config(cfg: Mapping, root: str | Path | None = None, candidates: Se
     training images, in sorted order) that has enough tissue. ``target_file``: a saved fit instead.
     """
     cfg = dict(cfg)
-    method = cfg.get("method", "none")
-    if method == "none":
+    method = cfg.get("method", NONE)
+    if method == NONE:
         return None
     normalizer = make_normalizer(method, **{k: v for k, v in cfg.items() if k not in NOT_SETTINGS})
     target, target_file = cfg.get("target"), cfg.get("target_file")
@@ -88,8 +86,8 @@ def normalizer_from_record(record: Mapping | None, run_dir: str | Path) -> Stain
     rebuilt normalizer maps images exactly as the run's did.
     """
     record = dict(record or {})
-    method = record.get("method", "none")
-    if method in (None, "none"):
+    method = record.get("method", NONE)
+    if method in (None, NONE):
         return None
     saved = Path(run_dir) / (record.get("saved_target") or TARGET_FILE)
     if not saved.is_file():

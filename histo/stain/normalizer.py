@@ -4,7 +4,8 @@
 An image that cannot be normalized (too little tissue, a single colour, stains that cannot be
 separated) passes through unchanged and is counted by reason, never an exception or a NaN, unless
 ``on_failure="raise"``. A method implements two steps: :meth:`StainNormalizer._measure` (per image:
-the stain description and whether it failed) and :meth:`StainNormalizer._map` (source to target).
+the stain description and whether it failed) and :meth:`StainNormalizer._map` (source to target),
+and is registered with :func:`register` under its ``method`` name (its ``conf/stain/<method>.yaml``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ MIN_TISSUE_PIXELS = 64  # fewer tissue pixels than this never make a stain estim
 SINGLE_COLOUR_OD = 0.02  # tissue whose optical density varies less than this (std) is a single colour
 MIN_MAX_CONCENTRATION = 1e-3  # a stain whose 99th-percentile concentration is below this is absent
 GRID_PIXELS = 32768  # tissue is judged and sampled on a grid of about this many pixels
+METHODS: dict[str, type[StainNormalizer]] = {}  # method name -> class, filled by @register
 
 
 class StainError(UserError, RuntimeError):
@@ -195,6 +197,16 @@ class StainNormalizer(ABC):
         count = mask.sum(1)
         little = (count * step < MIN_TISSUE_PIXELS) | (count < self.min_tissue * mask.shape[1])
         return grid, mask, little
+
+
+def register(cls: type[StainNormalizer]) -> type[StainNormalizer]:
+    """Class decorator: the stain method ``cls.method`` is ``cls`` (in :data:`METHODS`), so a method is
+    declared once, by its class; importing :mod:`histo.stain` imports every module of the package."""
+    if METHODS.get(cls.method, cls) is not cls:
+        raise TypeError(f"Stain method {cls.method!r} is registered twice: {METHODS[cls.method].__name__} "
+                        f"and {cls.__name__}; give one another method name.")
+    METHODS[cls.method] = cls
+    return cls
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from histo.stain.lab import lab_to_rgb, rgb_to_lab
-from histo.stain.normalizer import Measurement, StainNormalizer
+from histo.stain.normalizer import Measurement, StainNormalizer, register
 
 _SCALE = torch.tensor([2.55, 1.0, 1.0])  # staintools' L*a*b* units from OpenCV's 8-bit ones
 _OFFSET = torch.tensor([0.0, 128.0, 128.0])
@@ -29,6 +29,7 @@ def levels(device: torch.device) -> torch.Tensor:
     return ((k - _OFFSET.to(device)[:, None]) / _SCALE.to(device)[:, None]).double()
 
 
+@register
 class Reinhard(StainNormalizer):
     method = "reinhard"
     target_keys = ("means", "stds")

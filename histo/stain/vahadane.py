@@ -25,11 +25,13 @@ from histo.stain.normalizer import (
     SINGLE_COLOUR_OD,
     Measurement,
     StainNormalizer,
+    register,
 )
 from histo.stain.optical_density import from_od, to_od
 from histo.stain.percentile import percentile
 
 
+@register
 class Vahadane(StainNormalizer):
     method = "vahadane"
     target_keys = ("stain_matrix", "max_concentrations")
