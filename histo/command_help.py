@@ -10,18 +10,9 @@ from __future__ import annotations
 
 import textwrap
 
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-
-def group_options(group: str) -> list[str]:
-    """The options of a config group, those of its subgroups as ``sub/option``; names starting with ``_``
-    are shared bases (e.g. ``conf/model/_efficientnet.yaml``), not options."""
-    loader = GlobalHydra.instance().config_loader()
-    options = [o for o in loader.get_group_options(group) if not o.startswith("_")]
-    for sub in loader.list_groups(group):
-        options += [f"{sub}/{o}" for o in group_options(f"{group}/{sub}")]
-    return sorted(options)
+from histo import group_options
 
 
 def groups_section(choices) -> str:

@@ -99,12 +99,21 @@ def _check_split(checks: _Checks) -> None:
     checks.choice("split.strategy", STRATEGIES)
     checks.integer("split.seed", 0)
     checks.number("split.val_ratio", 0, 1, low_open=True, high_open=True)
+    fold_keys = ("split.folds", "split.fold")  # patient_kfold's own: conf/split/patient_kfold.yaml sets them
     if strategy == "patient_kfold":
+        missing = [k for k in fold_keys if checks.value(k) is _ABSENT]
+        if missing:
+            checks.problems.append(f"split.strategy=patient_kfold needs {' and '.join(missing)}: choose "
+                                   "split=patient_kfold, which sets them, rather than overriding split.strategy")
         checks.integer("split.folds", 2)
         folds = checks.value("split.folds")
         if _is_int(folds) and folds >= 2:
             checks.integer("split.fold", 0, folds - 1)
         return
+    for key in fold_keys:
+        if checks.value(key) is not _ABSENT:
+            checks.problems.append(f"{key}={checks.value(key)}: only split=patient_kfold reads it, "
+                                   f"split.strategy={strategy} would ignore it; drop it or choose split=patient_kfold")
     checks.number("split.test_ratio", 0, 1, low_open=True, high_open=True)
     val, test = checks.value("split.val_ratio"), checks.value("split.test_ratio")
     if _is_number(val) and _is_number(test) and 0 < val < 1 and 0 < test < 1 and val + test >= 1:

@@ -10,11 +10,10 @@ decoded and stain-normalized once for all the sizes asked; caches that are alrea
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from histo import CONF_DIR
+from histo import config_option, group_options
 from histo.command import UserError, hydra_command
 from histo.config_check import check_prepare_config
 from histo.data.cache import ImageCache, ensure
@@ -22,18 +21,12 @@ from histo.data.datamodule import load_data, loader_workers
 from histo.stain.methods import fit_from_config
 
 log = logging.getLogger("histo.prepare")
-MODEL_DIR = Path(CONF_DIR) / "model"
-
-
-def model_names() -> list[str]:
-    """Every model of ``conf/model`` (files starting with ``_`` are parts the models share, not models)."""
-    return sorted(p.stem for p in MODEL_DIR.glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def model_sizes(models=None, sizes=()) -> dict[int, list[str]]:
-    """Image size -> the models (``conf/model/<name>.yaml``) that need it, plus the extra ``sizes``.
+    """Image size -> the models (options of the ``model`` group) that need it, plus the extra ``sizes``.
     ``models=None`` means all models when no ``sizes`` are given, and none when they are."""
-    available = model_names()
+    available = group_options("model")
     if models is None:
         models = [] if sizes else "all"
     names = available if models == "all" else [str(m) for m in ([models] if isinstance(models, str) else models)]
@@ -41,7 +34,7 @@ def model_sizes(models=None, sizes=()) -> dict[int, list[str]]:
     for name in names:
         if name not in available:
             raise UserError(f"models: {name!r} is not a model; use all or a list of {', '.join(available)}.")
-        out.setdefault(int(OmegaConf.load(MODEL_DIR / f"{name}.yaml").image_size), []).append(name)
+        out.setdefault(int(config_option("model", name).image_size), []).append(name)
     for size in sizes or ():
         out.setdefault(int(size), []).append(f"{size}px")
     if not out:
@@ -56,8 +49,8 @@ def prepare(cfg: DictConfig) -> dict[int, tuple[ImageCache, str]]:
     data = load_data(cfg.data, cfg.split, cfg.paths.synthetic_dir)
     stain = fit_from_config(cfg.stain, data.index.root, data.split.images("train"))
     workers = loader_workers(cfg.data)
-    images = data.index.frame["image"].tolist()
-    caches = ensure(cfg.data.cache_dir, data.index.root, images, wanted, cfg.data.interpolation, stain, workers,
+    images = data.index.images
+    caches = ensure(cfg.data.cache_dir, data.index, wanted, cfg.data.interpolation, stain, workers,
                     rebuild=cfg.rebuild)
     print(table(caches, wanted))
     if stain is not None:

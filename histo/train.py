@@ -91,7 +91,7 @@ def _train(cfg: DictConfig, run: RunDir, claimed: run_start.Claim, started: floa
     num_workers = loader_workers(cfg.data)
     cache = cache_for_run(cfg.data, data.index, cfg.model.image_size, stain, num_workers)
     if cache is not None and stain is not None:
-        stain_fit["unchanged"] = cache.unchanged(data.index.frame["image"])  # images it passed through, by reason
+        stain_fit["unchanged"] = cache.unchanged(data.index.images)  # images it passed through, by reason
 
     datamodule = BreakHisDataModule(
         data,
@@ -141,7 +141,7 @@ def _train(cfg: DictConfig, run: RunDir, claimed: run_start.Claim, started: floa
             "fingerprint": data.split.fingerprint,
             "file": run.split_path.name,
             "counts": data.split.counts(),
-            **_leak(data.split.test_patients_in_train(data.index.frame), cfg.data.patient_key),
+            **_leak(data.split.test_patients_in_train(data.index), cfg.data.patient_key),
         },
         "data": data.summary(),
         "degenerate": degenerate,

@@ -64,10 +64,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         root, source = _dataset(args.root, Path(tmp))
-        images = build_index(root).frame["image"].tolist()
+        index = build_index(root)
+        images = index.images
         table = pd.DataFrame({"image": images, "label": 0})
         started = time.perf_counter()
-        cache = ensure(Path(tmp) / "cache", root, images, [args.size], "bilinear", None, args.workers)[args.size][0]
+        cache = ensure(Path(tmp) / "cache", index, [args.size], "bilinear", None, args.workers)[args.size][0]
         build_rate = len(images) / (time.perf_counter() - started)
 
         def dataset(cached: bool, augment: dict | None) -> ImageDataset:

@@ -290,11 +290,12 @@ def part_data(ctx: Context, budget: Budget) -> Section:
     root = write_dataset(ctx.tmp / "BreaKHis_v1", spec, workers=workers)
     rendered = time.monotonic() - started
     data_cfg = data_config(root, ctx.tmp / "cache")
-    images = load_data(data_cfg, config_option("split", "image"), ctx.tmp).index.frame["image"].tolist()
+    index = load_data(data_cfg, config_option("split", "image"), ctx.tmp).index
+    images = index.images
     sizes = sorted({model_size(ctx.settings, m) for m in MODELS})
     cache_workers = ctx.settings.data_workers if ctx.settings.data_workers is not None else loader_workers(data_cfg)
     started = time.monotonic()
-    ensure(data_cfg.cache_dir, root, images, sizes, data_cfg.interpolation, None, cache_workers)
+    ensure(data_cfg.cache_dir, index, sizes, data_cfg.interpolation, None, cache_workers)
     built = time.monotonic() - started
     rate = len(images) / built
     data = {"root": str(root), "cache_dir": str(data_cfg.cache_dir), "images": len(images), "sizes": sizes,

@@ -49,15 +49,15 @@ def root(synthetic_root, tmp_path):
 
 
 def images_of(root) -> list[str]:
-    return build_index(root).frame["image"].tolist()
+    return build_index(root).images
 
 
 def reinhard(root):
     return make_normalizer("reinhard").fit(read_rgb(root / images_of(root)[3]))
 
 
-def build(root, cache_dir, sizes=(32,), stain=None, images=None, **kwargs):
-    return ensure(cache_dir, root, images or images_of(root), sizes, "bilinear", stain, **kwargs)
+def build(root, cache_dir, sizes=(32,), stain=None, index=None, **kwargs):
+    return ensure(cache_dir, index or build_index(root), sizes, "bilinear", stain, **kwargs)
 
 
 def test_cached_images_equal_the_png_path_byte_for_byte(root, tmp_path):
@@ -75,10 +75,10 @@ def test_cached_images_equal_the_png_path_byte_for_byte(root, tmp_path):
 
 def test_a_valid_cache_is_reused_and_a_subset_reads_it(root, tmp_path):
     first = build(root, tmp_path / "cache")[32][0]
-    forty = build_index(root, magnification=40).frame["image"].tolist()
-    again, status = build(root, tmp_path / "cache", images=forty)[32]
+    forty = build_index(root, magnification=40)
+    again, status = build(root, tmp_path / "cache", index=forty)[32]
     assert status == "valid" and again.manifest["build"] == first.manifest["build"]
-    assert len(again.rows(forty)) == len(forty) < len(first)
+    assert len(again.rows(forty.images)) == len(forty.images) < len(first)
 
 
 def _change_an_image(root, cache):

@@ -31,6 +31,9 @@ REPO = Path(CONF_DIR).parent
     (["split.val_ratio=0.6", "split.test_ratio=0.5"], "must sum to less than 1"),
     (["split=patient_kfold", "split.folds=1"], "split.folds=1: must be an integer >= 2"),
     (["split=patient_kfold", "split.fold=5"], "split.fold=5: must be an integer from 0 to 4"),
+    (["split.strategy=patient_kfold"], "split.strategy=patient_kfold needs split.folds and split.fold: choose "
+                                       "split=patient_kfold"),
+    (["split=image", "+split.fold=1"], "split.fold=1: only split=patient_kfold reads it"),
     (["data.task=tumour"], "data.task=tumour: must be one of binary, subtype"),
     (["optim.optimizer=sgd"], "optim.optimizer=sgd: must be one of adam, adamw"),
     (["trainer.precision=8"], "trainer.precision=8: must be one of 32-true"),

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from helpers import compose_config
 from hydra.utils import instantiate
 
-from histo import CONF_DIR, config_option
+from histo import config_option, group_options
 
 GROUPS = ["data", "split", "model", "augment", "optim", "stain", "trainer", "callbacks", "logger", "debug"]
 
 
-def options(group: str) -> list[str]:
-    """A group's options; files starting with ``_`` are parts its options share (conf/model/_efficientnet)."""
-    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml") if not p.stem.startswith("_"))
-
-
-@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in group_options(g)])
 def test_every_option_composes(group, option, tmp_path):
     cfg = compose_config("train", [f"{group}={option}"], tmp_path)
     assert cfg.model.image_size > 0 and cfg.data.batch_size > 0
@@ -26,9 +19,7 @@ def test_every_option_composes(group, option, tmp_path):
         assert config_option("model", option) == cfg.model
 
 
-@pytest.mark.parametrize("experiment", sorted(
-    str(p.relative_to(Path(CONF_DIR) / "experiment").with_suffix(""))
-    for p in (Path(CONF_DIR) / "experiment").rglob("*.yaml")))
+@pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_every_experiment_composes(experiment, tmp_path):
     cfg = compose_config("train", [f"experiment={experiment}"], tmp_path)
     assert cfg.name != "default"

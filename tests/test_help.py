@@ -14,8 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from histo import CONF_DIR
-from histo.command_help import group_options
+from histo import CONF_DIR, group_options
 
 REPO = Path(CONF_DIR).parent
 SCRIPTS = (REPO / "pyproject.toml").read_text().split("[project.scripts]")[1].split("\n[")[0]

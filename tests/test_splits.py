@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from helpers import compose_config
+from hydra.errors import ConfigCompositionException
 
 from histo.data.breakhis import DataError, build_index
 from histo.data.splits import make_split, read_split
@@ -32,7 +34,7 @@ def small_index(synthetic_root):
 
 
 def split_of(index, strategy, seed=0, task="binary", **kw):
-    return make_split(index.frame, index.labels(task), strategy, seed=seed, **kw)
+    return make_split(index, task, strategy, seed=seed, **kw)
 
 
 def test_image_split_reproduces_the_paper_counts(full_index):
@@ -44,7 +46,7 @@ def test_image_split_reproduces_the_paper_counts(full_index):
         group = table[(table["tumor"] == tumor) & (table["magnification"] == mag)]
         assert tuple((group["split"] == s).sum() for s in ("train", "val", "test")) == expected
     # the paper's leak: almost every test patient also has images in train
-    assert split.test_patients_in_train(full_index.frame)["number"] > 70
+    assert split.test_patients_in_train(full_index)["number"] > 70
 
 
 def test_patient_split_is_disjoint_and_stratified(full_index):
@@ -54,7 +56,7 @@ def test_patient_split_is_disjoint_and_stratified(full_index):
     assert not patients["train"] & patients["val"]
     assert not patients["train"] & patients["test"]
     assert not patients["val"] & patients["test"]
-    assert split.test_patients_in_train(full_index.frame) == {"number": 0, "slide": 0}
+    assert split.test_patients_in_train(full_index) == {"number": 0, "slide": 0}
     for s in ("train", "val", "test"):  # both classes in every split
         assert set(table.loc[table["split"] == s, "tumor"]) == {"benign", "malignant"}
     # 24 benign / 58 malignant patients at 15 %: 4 and 9 patients to each of val and test
@@ -98,19 +100,31 @@ def test_bad_split_settings(small_index):
     with pytest.raises(DataError, match="split.fold"):
         split_of(small_index, "patient_kfold", folds=4, fold=4)
     with pytest.raises(DataError, match="split.folds"):
-        split_of(small_index, "patient_kfold", folds=100)
+        split_of(small_index, "patient_kfold", folds=100, fold=0)
+
+
+def test_only_patient_kfold_has_folds(small_index, tmp_path):
+    """split.folds and split.fold belong to patient_kfold; the other options refuse them at composition."""
+    for option in ("image", "patient"):
+        assert "fold" not in compose_config("train", [f"split={option}"], tmp_path).split
+        with pytest.raises(ConfigCompositionException, match="Could not override 'split.fold'"):
+            compose_config("train", [f"split={option}", "split.fold=1"], tmp_path)
+    kfold = compose_config("train", ["split=patient_kfold"], tmp_path).split
+    assert (kfold.folds, kfold.fold) == (5, 0)
+    with pytest.raises(DataError, match="split.strategy=patient_kfold needs split.folds and split.fold"):
+        split_of(small_index, "patient_kfold")
 
 
 def test_split_file_round_trip_and_mismatch(small_index, tmp_path):
     split = split_of(small_index, "patient")
     path = split.write(tmp_path / "split.csv")
-    again = read_split(path, small_index.frame)
+    again = read_split(path, small_index)
     assert again.fingerprint == split.fingerprint
     pd.read_csv(path).iloc[:-1].to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(DataError, match="1 indexed images are not in it"):
-        read_split(tmp_path / "short.csv", small_index.frame)
+        read_split(tmp_path / "short.csv", small_index)
     with pytest.raises(DataError, match="does not exist"):
-        read_split(tmp_path / "none.csv", small_index.frame)
+        read_split(tmp_path / "none.csv", small_index)
 
 
 # ---- patients are people (issue 14) ---------------------------------------------------------------------------------
@@ -140,19 +154,17 @@ def test_slides_of_one_patient_number_stay_on_one_side_by_default(tmp_path):
     index = build_index(root)
     assert index.frame["patient"].nunique() == 8  # 16 slides, 8 people
     for seed in range(5):
-        split = make_split(index.frame, index.labels("binary"), "patient", seed=seed, val_ratio=0.25, test_ratio=0.25)
-        assert split.test_patients_in_train(index.frame) == {"slide": 0, "number": 0}
+        split = make_split(index, "binary", "patient", seed=seed, val_ratio=0.25, test_ratio=0.25)
+        assert split.test_patients_in_train(index) == {"slide": 0, "number": 0}
     # keyed by slide, the same split strategy puts slides of one person on both sides of some split
     by_slide = build_index(root, patient_key="slide")
-    leaks = [make_split(by_slide.frame, by_slide.labels("binary"), "patient", seed=s, val_ratio=0.25,
-                        test_ratio=0.25).test_patients_in_train(by_slide.frame) for s in range(5)]
+    leaks = [make_split(by_slide, "binary", "patient", seed=s, val_ratio=0.25,
+                        test_ratio=0.25).test_patients_in_train(by_slide) for s in range(5)]
     assert all(leak["slide"] == 0 for leak in leaks) and any(leak["number"] > 0 for leak in leaks)
 
 
 def test_real_sample_patient_split_keeps_people_apart(real_root, tmp_path):
     # Issue 14: with slides as patients, split seed 0 put 14-18842D in test and 14-18842 in train.
-    from helpers import compose_config
-
     from histo.data.breakhis import parse_name
     from histo.data.datamodule import load_data
     cfg = compose_config("train", ["split=patient", f"data.root={real_root}"], tmp_path)
@@ -161,4 +173,4 @@ def test_real_sample_patient_split_keeps_people_apart(real_root, tmp_path):
               for s in ("train", "val", "test")}
     assert not people["test"] & people["train"] and not people["val"] & people["train"]
     assert cfg.data.patient_key == "number"
-    assert data.split.test_patients_in_train(data.index.frame) == {"slide": 0, "number": 0}
+    assert data.split.test_patients_in_train(data.index) == {"slide": 0, "number": 0}

@@ -13,9 +13,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from histo import CONF_DIR
+from histo import CONF_DIR, config_option, group_options
 from histo.data.image_file import read_rgb
 from histo.data.synthetic import EOSIN, HEMATOXYLIN, _patient_stains
 from histo.stain import METHODS, REASONS, StainError, StainTarget, make_normalizer
@@ -262,7 +261,7 @@ def test_targets_fit_on_several_images_and_check_their_method(sources):
 def test_the_registered_methods_are_the_conf_stain_options():
     """A method is its module (a @register-ed class) and its conf/stain option: each has the other, by name,
     however histo.stain is first imported; none is an option but no normalizer (None)."""
-    options = {p.stem: OmegaConf.load(p).method for p in Path(CONF_DIR, "stain").glob("*.yaml")}
+    options = {name: config_option("stain", name).method for name in group_options("stain")}
     assert options == {name: name for name in (NONE, *METHODS)} and NONE not in METHODS
     assert all(cls.method == name for name, cls in METHODS.items())
     code = ("import json, histo.stain.reinhard; from histo.stain.normalizer import METHODS; "

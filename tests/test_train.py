@@ -81,7 +81,7 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
 def test_ddp_on_two_cpu_processes_predicts_each_image_once(synthetic_root, tmp_path):
     """Under DDP the sampler pads uneven shards; the prediction files still list each image once."""
     index = build_index(synthetic_root)
-    images = sorted(index.frame["image"])
+    images = sorted(index.images)
     roles = ["val"] * 7 + ["test"] * 9 + ["train"] * (len(images) - 16)  # odd: shards are uneven
     split_file = tmp_path / "odd_split.csv"
     pd.DataFrame({"image": images, "split": np.random.default_rng(0).permutation(roles)}).to_csv(

@@ -121,6 +121,11 @@ class Index:
     frame: pd.DataFrame
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
 
+    @property
+    def images(self) -> list[str]:
+        """The images' paths relative to ``root``, sorted."""
+        return self.frame["image"].tolist()
+
     def labels(self, task: str) -> pd.Series:
         """Integer class index per image for ``task`` (``binary``: 0 benign, 1 malignant)."""
         names = class_names(task)

@@ -86,17 +86,17 @@ def load_data(data_cfg, split_cfg, synthetic_dir: str | Path) -> Data:
     root = resolve_root(data_cfg.root, dict(data_cfg.synthetic), synthetic_dir)
     index = build_index(root, data_cfg.magnification, data_cfg.patient_key)
     if split_cfg.get("file"):
-        split = read_split(split_cfg.file, index.frame)
+        split = read_split(split_cfg.file, index)
     else:
         split = make_split(
-            index.frame,
-            index.labels(data_cfg.task),
+            index,
+            data_cfg.task,
             split_cfg.strategy,
             seed=split_cfg.seed,
             val_ratio=split_cfg.val_ratio,
             test_ratio=split_cfg.test_ratio,
-            folds=split_cfg.get("folds", 5),
-            fold=split_cfg.get("fold", 0),
+            folds=split_cfg.get("folds"),  # patient_kfold's own keys: the other split options have none
+            fold=split_cfg.get("fold"),
         )
     counts = split.counts()
     for name in ("train", "val", "test"):

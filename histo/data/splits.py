@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from histo.data.breakhis import PATIENT_KEYS, DataError, patient_id
+from histo.data.breakhis import PATIENT_KEYS, DataError, Index, patient_id
 
 STRATEGIES = ("image", "patient", "patient_kfold")
 SPLITS = ("train", "val", "test")
@@ -47,10 +47,10 @@ class Split:
     def counts(self) -> dict[str, int]:
         return {s: int((self.frame["split"] == s).sum()) for s in SPLITS}
 
-    def test_patients_in_train(self, index: pd.DataFrame) -> dict[str, int]:
+    def test_patients_in_train(self, index: Index) -> dict[str, int]:
         """How many test patients also have images in train, with patients keyed by slide and by number
         (:func:`~histo.data.breakhis.patient_id`): the paper's leak; 0 under both for a patient split by number."""
-        slides = index.set_index("image")["slide"]
+        slides = index.frame.set_index("image")["slide"]
         out = {}
         for key in PATIENT_KEYS:
             by_split = {s: {patient_id(slide, key) for slide in slides.loc[self.images(s)]} for s in ("train", "test")}
@@ -59,28 +59,29 @@ class Split:
 
 
 def make_split(
-    index: pd.DataFrame,
-    labels: pd.Series,
+    index: Index,
+    task: str,
     strategy: str,
     seed: int,
     val_ratio: float = 0.15,
     test_ratio: float = 0.15,
-    folds: int = 5,
-    fold: int = 0,
+    folds: int | None = None,
+    fold: int | None = None,
 ) -> Split:
-    """Split ``index`` (rows as from :func:`histo.data.breakhis.build_index`) with a seeded strategy.
+    """Split ``index`` with a seeded strategy, stratified by the classes of ``task``.
 
     - ``image``: the paper's. Within each class x magnification group, shuffle and send
       floor(val_ratio n) images to val and floor(test_ratio n) to test; the rest train.
     - ``patient``: whole patients to train/val/test, stratified by class, about the given ratios of
       patients per class.
     - ``patient_kfold``: ``folds`` patient-disjoint folds stratified by class (StratifiedGroupKFold);
-      fold ``fold`` is test, and a patient-disjoint val_ratio share of the other patients is val.
+      fold ``fold`` is test, and a patient-disjoint val_ratio share of the other patients is val. Only this
+      strategy reads ``folds`` and ``fold`` (conf/split/patient_kfold.yaml sets them).
     """
     if strategy not in STRATEGIES:
         raise DataError(f"split.strategy={strategy!r} is not valid; use one of {', '.join(STRATEGIES)}.")
     _check_ratios(val_ratio, test_ratio)
-    frame = index.assign(label=labels.to_numpy()).sort_values("image", ignore_index=True)
+    frame = index.frame.assign(label=index.labels(task).to_numpy()).sort_values("image", ignore_index=True)
     rng = np.random.default_rng(seed)
     if strategy == "image":
         assignment = _image_split(frame, rng, val_ratio, test_ratio)
@@ -91,7 +92,7 @@ def make_split(
     return Split(pd.DataFrame({"image": frame["image"], "split": assignment}), strategy)
 
 
-def read_split(path: str | Path, index: pd.DataFrame) -> Split:
+def read_split(path: str | Path, index: Index) -> Split:
     """Read a split CSV written by :meth:`Split.write` and check it covers exactly the indexed images."""
     path = Path(path)
     if not path.is_file():
@@ -99,8 +100,8 @@ def read_split(path: str | Path, index: pd.DataFrame) -> Split:
     frame = pd.read_csv(path, dtype=str)
     if list(frame.columns) != ["image", "split"] or not frame["split"].isin(SPLITS).all():
         raise DataError(f"split.file={str(path)!r} must have columns image,split with values train/val/test.")
-    missing = set(index["image"]) - set(frame["image"])
-    extra = set(frame["image"]) - set(index["image"])
+    missing = set(index.images) - set(frame["image"])
+    extra = set(frame["image"]) - set(index.images)
     if missing or extra:
         raise DataError(
             f"split.file={str(path)!r} does not match data.root: {len(missing)} indexed images are not in it "
@@ -163,8 +164,11 @@ def _allocate(n: int, val_ratio: float, test_ratio: float) -> tuple[int, int]:
 
 
 def _patient_kfold_split(
-    frame: pd.DataFrame, rng: np.random.Generator, seed: int, val_ratio: float, folds: int, fold: int
+    frame: pd.DataFrame, rng: np.random.Generator, seed: int, val_ratio: float, folds: int | None, fold: int | None
 ) -> np.ndarray:
+    if folds is None or fold is None:
+        raise DataError(f"split.strategy=patient_kfold needs split.folds and split.fold (got {folds} and {fold}); "
+                        "choose split=patient_kfold, which sets them, rather than overriding split.strategy.")
     n_patients = frame["patient"].nunique()
     if not 2 <= folds <= n_patients:
         raise DataError(f"split.folds={folds} must be between 2 and the number of patients ({n_patients}).")
