@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # What may change when a run is resumed: how long it trains and what it shows, nothing it computes.
 RESUMABLE = ("resume", "overwrite", "last_checkpoint_every_n_steps", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time",
              "trainer.min_epochs", "trainer.min_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+# Keys that older configs carried where nothing read them (split.folds/fold of the image and patient splits):
+# a checkpoint that has one the current config lacks still resumes.
+RETIRED = ("split.folds", "split.fold")
 
 
 class ResumeError(UserError):
@@ -128,12 +131,13 @@ def check_split(info: dict, fingerprint: str, run: RunDir) -> None:
 
 
 def changed_settings(old: dict, new: dict) -> list[tuple[str, object, object]]:
-    """(key, old, new) for every dotted key whose value differs, except the :data:`RESUMABLE` ones."""
+    """(key, old, new) for every dotted key whose value differs, except the :data:`RESUMABLE` ones and
+    :data:`RETIRED` ones only the old config has."""
     a, b = _flatten(old), _flatten(new)
     keys = sorted(set(a) | set(b))
     missing = object()
     return [(k, a.get(k), b.get(k)) for k in keys
-            if k not in RESUMABLE and a.get(k, missing) != b.get(k, missing)]
+            if k not in RESUMABLE and not (k in RETIRED and k not in b) and a.get(k, missing) != b.get(k, missing)]
 
 
 def continue_csv_log(loggers, epochs_completed: int) -> None:

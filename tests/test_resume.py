@@ -142,6 +142,15 @@ def test_only_the_trainers_limits_may_change():
         ("seed", 1, 2), ("trainer.precision", "32-true", "bf16-mixed")]
 
 
+def test_a_run_whose_split_config_still_had_the_inert_fold_keys_resumes():
+    """Image and patient split configs carried split.folds/fold (read by nothing) before they were removed."""
+    before = {"split": {"strategy": "image", "folds": 5, "fold": 0}}
+    assert changed_settings(before, {"split": {"strategy": "image"}}) == []
+    kfold = {"split": {"strategy": "patient_kfold", "folds": 5, "fold": 0}}
+    assert changed_settings(kfold, {"split": {"strategy": "patient_kfold", "folds": 5, "fold": 1}}) == [
+        ("split.fold", 0, 1)]
+
+
 def test_the_training_order_depends_on_seed_and_epoch_only():
     from histo.data.dataset import AugmentationOrder
 
