@@ -155,7 +155,7 @@ def _trainer(cfg: DictConfig, run: RunDir, config: dict, datamodule: BreakHisDat
     the CSV training log; a resumed run appends to it)."""
     last = resume.LastCheckpoint(run.path / "checkpoints", config, datamodule.data.split.fingerprint,
                                  cfg.last_checkpoint_every_n_steps)
-    writer = PredictionWriter(run.path)
+    writer = PredictionWriter(run.path, datamodule)
     callbacks = [last, *(instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None), writer]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     loggers = tracking.with_training_log(loggers, run)
