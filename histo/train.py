@@ -8,12 +8,10 @@ run in its directory, ``overwrite=true`` replaces a finished one (:mod:`histo.ru
 from __future__ import annotations
 
 import logging
-import platform
 import sys
 import time
 import warnings
-from importlib import metadata
-from pathlib import Path
+from dataclasses import dataclass
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
@@ -24,13 +22,14 @@ from histo.command import hydra_command
 from histo.config_check import check_train_config
 from histo.data import device_augment
 from histo.data.breakhis import DataError, class_names
-from histo.data.cache import cache_for_run
-from histo.data.datamodule import BreakHisDataModule, load_data, loader_workers
-from histo.evaluation import metrics, predictions
+from histo.data.cache import ImageCache, cache_for_run
+from histo.data.datamodule import BreakHisDataModule, Data, load_data, loader_workers
 from histo.evaluation.prediction_writer import PredictionWriter
-from histo.evaluation.run_dir import PREDICTED_SPLITS, RunDir
+from histo.evaluation.run_dir import RunDir
 from histo.models import Classifier
+from histo.run_record import run_record
 from histo.stain.methods import fit_from_config, stain_record
+from histo.stain.normalizer import StainNormalizer
 
 log = logging.getLogger("histo.train")
 # Lightning notes that the module's batch hook wins over the datamodule's: that is the design here.
@@ -57,12 +56,47 @@ def train(cfg: DictConfig) -> dict:
 
 
 def _train(cfg: DictConfig, run: RunDir, claimed: run_start.Claim, started: float) -> dict:
+    """:func:`train` once the run holds its directory."""
     config = OmegaConf.to_container(cfg, resolve=True)
     checkpoint, resumed = resume.resume_from(run, config) if claimed.mode == "resume" else (None, {})
     pl.seed_everything(cfg.seed, workers=True)
     augment = OmegaConf.to_container(cfg.augment, resolve=True)
-    batch_augment = device_augment.from_config(augment)  # augment.run_on=device: the module augments the batch
-    # The model first: weights that cannot be downloaded or read fail before any data work.
+    model = _model(cfg, augment)  # first: weights that cannot be downloaded or read fail before any data work
+    inputs = _prepare_data(cfg, run, resumed)
+    datamodule = _datamodule(cfg, inputs, augment)
+    trainer = _trainer(cfg, run, config, datamodule, resumed)
+
+    claimed.training_started()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+    if trainer.fast_dev_run:
+        log.info("fast_dev_run: a smoke test, so no prediction files and no run.json are written.")
+        return {}
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    trainer.predict(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, return_predictions=False)
+    if not trainer.is_global_zero:
+        return {}
+    record = run_record(cfg, config, run, inputs, trainer, best, resumed, started)
+    run.write_record(record)  # last: from now on the directory holds a finished run
+    tracking.log_results(trainer.loggers, record, run.path)
+    _log_summary(run, record)
+    return record
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a run trains and predicts on, made ready before fitting."""
+
+    data: Data  # the indexed dataset and its split (written to split.csv)
+    degenerate: list[str]  # the split's missing classes, allowed by allow_degenerate=true
+    stain: StainNormalizer | None  # fitted on the train split; normalizes every split
+    stain_record: dict  # what run.json records under "stain"
+    cache: ImageCache | None  # the images at the model's size, stain-normalized
+    num_workers: int  # loader processes
+
+
+def _model(cfg: DictConfig, augment: dict) -> Classifier:
+    """The classifier the model and optim configs describe; ``augment.run_on=device`` makes it augment the batch."""
+    batch_augment = device_augment.from_config(augment)
     model = Classifier(
         timm_name=cfg.model.timm_name,
         class_names=list(class_names(cfg.data.task)),
@@ -79,6 +113,12 @@ def _train(cfg: DictConfig, run: RunDir, claimed: run_start.Claim, started: floa
         **cfg.optim,
     )
     model.save_features = cfg.predict.features
+    return model
+
+
+def _prepare_data(cfg: DictConfig, run: RunDir, resumed: dict) -> TrainingData:
+    """Index and split the data (a resumed run must split as before), write split.csv, fit the stain
+    normalizer on the train split and find or build the image cache."""
     data = load_data(cfg.data, cfg.split, cfg.paths.synthetic_dir)
     log.info("Data: %s", data.index.summary())
     log.info("Split %s (%s): %s", data.split.strategy, data.split.fingerprint, data.split.counts())
@@ -92,22 +132,30 @@ def _train(cfg: DictConfig, run: RunDir, claimed: run_start.Claim, started: floa
     cache = cache_for_run(cfg.data, data.index, cfg.model.image_size, stain, num_workers)
     if cache is not None and stain is not None:
         stain_fit["unchanged"] = cache.unchanged(data.index.images)  # images it passed through, by reason
+    return TrainingData(data, degenerate, stain, stain_fit, cache, num_workers)
 
-    datamodule = BreakHisDataModule(
-        data,
+
+def _datamodule(cfg: DictConfig, inputs: TrainingData, augment: dict) -> BreakHisDataModule:
+    return BreakHisDataModule(
+        inputs.data,
         image_size=cfg.model.image_size,
         interpolation=cfg.data.interpolation,
         augment=augment,
         batch_size=cfg.data.batch_size,
-        num_workers=num_workers,
+        num_workers=inputs.num_workers,
         pin_memory=cfg.data.pin_memory,
         persistent_workers=cfg.data.persistent_workers,
-        stain=stain,
-        cache=cache,
+        stain=inputs.stain,
+        cache=inputs.cache,
     )
-    last = resume.LastCheckpoint(run.path / "checkpoints", config, data.split.fingerprint,
+
+
+def _trainer(cfg: DictConfig, run: RunDir, config: dict, datamodule: BreakHisDataModule, resumed: dict) -> pl.Trainer:
+    """The trainer with its callbacks (last checkpoint first, prediction files last) and loggers (always
+    the CSV training log; a resumed run appends to it)."""
+    last = resume.LastCheckpoint(run.path / "checkpoints", config, datamodule.data.split.fingerprint,
                                  cfg.last_checkpoint_every_n_steps)
-    writer = PredictionWriter(run.path)
+    writer = PredictionWriter(run.path, datamodule)
     callbacks = [last, *(instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None), writer]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     loggers = tracking.with_training_log(loggers, run)
@@ -115,56 +163,7 @@ def _train(cfg: DictConfig, run: RunDir, claimed: run_start.Claim, started: floa
         resume.continue_csv_log(loggers, resumed.get("epochs_completed", 0))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     tracking.log_config(trainer.loggers, config)
-
-    claimed.training_started()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
-    if trainer.fast_dev_run:
-        log.info("fast_dev_run: a smoke test, so no prediction files and no run.json are written.")
-        return {}
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    trainer.predict(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, return_predictions=False)
-    if not trainer.is_global_zero:
-        return {}
-    scores = {split: metrics.evaluate(predictions.read(run.predictions_path(split))) for split in PREDICTED_SPLITS}
-    record = {
-        "model": cfg.model.name,
-        "family": cfg.model.family,
-        "timm_name": cfg.model.timm_name,
-        "image_size": cfg.model.image_size,
-        "seed": cfg.seed,
-        "experiment": cfg.name,
-        "task": data.task,
-        "class_names": list(data.class_names),
-        "split": {
-            **OmegaConf.to_container(cfg.split, resolve=True),
-            "strategy": data.split.strategy,
-            "fingerprint": data.split.fingerprint,
-            "file": run.split_path.name,
-            "counts": data.split.counts(),
-            **_leak(data.split.test_patients_in_train(data.index), cfg.data.patient_key),
-        },
-        "data": data.summary(),
-        "degenerate": degenerate,
-        "stain": stain_fit,
-        "image_cache": cache.describe() if cache is not None else None,
-        "checkpoint": str(_relative(best, run.path)) if best else None,
-        "best_val_acc": _float(trainer.checkpoint_callback.best_model_score) if best else None,
-        "epochs": trainer.current_epoch,
-        "resumed_after_epochs": resumed.get("epochs_completed") if resumed else None,
-        "trainer": {"world_size": trainer.world_size, "precision": str(trainer.precision),
-                    "accelerator": type(trainer.accelerator).__name__,
-                    "deterministic": cfg.trainer.get("deterministic", False)},
-        "predictions": {split: str(run.predictions_path(split).relative_to(run.path)) for split in PREDICTED_SPLITS},
-        "metrics": scores,
-        "config": config,
-        "versions": _versions(),
-        "wall_time_s": round(time.time() - started, 1),
-        "files": run.file_digests(),  # rows and sha256 of each prediction file: every reader checks them
-    }
-    run.write_record(record)  # last: from now on the directory holds a finished run
-    tracking.log_results(trainer.loggers, record, run.path)
-    _report(run, record)
-    return record
+    return trainer
 
 
 def _degenerate(data, allowed: bool) -> list[str]:
@@ -182,12 +181,8 @@ def _degenerate(data, allowed: bool) -> list[str]:
     return problems
 
 
-def _leak(counts: dict[str, int], key: str) -> dict:
-    """run.json's leak counts: under the run's own patient key, and under each key."""
-    return {"test_patients_in_train": counts[key], "test_patients_in_train_by_key": counts}
-
-
-def _report(run, record: dict) -> None:
+def _log_summary(run: RunDir, record: dict) -> None:
+    """The test metrics and where the prediction files and run.json are, for the person who started the run."""
     test = record["metrics"]["test"]["overall"]
     lines = [f"  {k:<26}{v:.4f}" if isinstance(v, float) else f"  {k:<26}{v}" for k, v in test.items()]
     log.info(
@@ -195,29 +190,6 @@ def _report(run, record: dict) -> None:
         record["model"], record["split"]["strategy"], record["split"]["fingerprint"], "\n".join(lines),
         run.path / "predictions", run.record_path,
     )
-
-
-def _relative(path, base):
-    try:
-        return Path(path).resolve().relative_to(Path(base).resolve())
-    except ValueError:
-        return Path(path)
-
-
-def _float(value) -> float | None:
-    return None if value is None else float(value)
-
-
-def _versions() -> dict:
-    names = ("histo", "torch", "torchvision", "timm", "pytorch-lightning", "torchmetrics", "albumentations",
-             "hydra-core", "numpy", "pandas", "scikit-learn")
-    out = {"python": platform.python_version()}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _finish_wandb() -> None:

@@ -14,6 +14,7 @@ import pytest
 from browser import launch
 
 from histo.ensemble.stage import run_ensemble
+from histo.report.gallery import GallerySettings
 from histo.report.stage import run_report
 
 WIDTHS = (1280, 1920)
@@ -83,6 +84,6 @@ def test_paper_smoke_report_and_explain_index_fit_the_window(browser, paper_smok
 def test_a_three_row_report_fits_the_window(browser, trained_runs, tmp_path):
     ensemble = tmp_path / "ensemble"
     run_ensemble(trained_runs, ensemble, methods=["soft"], name="pair", resamples=0)
-    page = run_report([ensemble], tmp_path / "report", resamples=0, gallery_max=4)
+    page = run_report([ensemble], tmp_path / "report", resamples=0, gallery=GallerySettings(max_images=4))
     for width in WIDTHS:
         _assert_fits(_open(browser, page, width), f"a 3-row report at {width} px")

@@ -80,7 +80,7 @@ def test_report_from_an_ensemble_and_its_members(ensemble_dir, tmp_path):
 
 def test_report_of_runs_on_val_and_refusals(trained_runs, tmp_path):
     out = tmp_path / "val"
-    run_report(trained_runs, out, split="val", resamples=0, gallery_max=2)
+    run_report(trained_runs, out, split="val", resamples=0, gallery=gallery.GallerySettings(max_images=2))
     document = json.loads((out / "metrics.json").read_text())
     frame = RunDir(trained_runs[0]).read_predictions("val")
     assert document["rows"]["V1-B0"]["overall"]["accuracy"] == pytest.approx(metrics.evaluate(frame, 0)["overall"]["accuracy"])
@@ -178,7 +178,7 @@ def test_report_warns_of_image_level_folds_and_shows_hard_voting_as_votes(tmp_pa
     runs = [binary_run(tmp_path / name, name, meta, {"val": 1.0, "test": 1.0}, k)
             for k, name in enumerate(["v1_b0", "v1_b1", "v2_b0"])]
     run_ensemble(runs, tmp_path / "ens", methods=["hard", "weighted"], name="v", resamples=0)
-    run_report([tmp_path / "ens"], tmp_path / "report", resamples=0, gallery_max=0)
+    run_report([tmp_path / "ens"], tmp_path / "report", resamples=0, gallery=gallery.GallerySettings(max_images=0))
     markdown = (tmp_path / "report" / "report.md").read_text()
     warning = next(line for line in markdown.splitlines() if line.startswith("> **Warning**") and "image-level" in line)
     assert "weighted" in warning

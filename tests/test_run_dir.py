@@ -26,6 +26,7 @@ from histo.evaluation.run_lock import RunDirBusy, RunLock, holder
 from histo.explain.errors import ExplainError
 from histo.explain.runs import load_runs
 from histo.explain.selection import prediction_frames
+from histo.report.gallery import GallerySettings
 from histo.report.sources import ReportError, load_rows
 from histo.report.stage import run_report
 from histo.run_start import RunDirRefused, claim
@@ -182,7 +183,7 @@ def test_a_degenerate_run_is_flagged_in_every_table(runs, tmp_path):
     assert all(m["warnings"] for m in ensemble["members"].values())
     assert f"**Warning**: member v1_b0: degenerate (allow_degenerate=true): {problem}" in (
         tmp_path / "ens" / "table.md").read_text()
-    run_report([tmp_path / "ens"], tmp_path / "report", resamples=0, gallery_max=0)
+    run_report([tmp_path / "ens"], tmp_path / "report", resamples=0, gallery=GallerySettings(max_images=0))
     assert f"V1-B0: degenerate (allow_degenerate=true): {problem}" in (tmp_path / "report" / "report.md").read_text()
 
 
@@ -192,4 +193,4 @@ def test_a_training_log_two_writers_mixed_is_named_by_the_report(runs, tmp_path)
     short, wide = ",".join(["1"] * 10), ",".join(["1"] * len(header))
     log.write_text(f"{','.join(header[:10])}\n{short}\n{wide}\n")  # a 10-field header over wider rows
     with pytest.raises(ReportError, match=f"{log}, the training log of {runs[0]}, cannot be read: .*Expected 10 fields"):
-        run_report([runs[0]], tmp_path / "report", resamples=0, gallery_max=0)
+        run_report([runs[0]], tmp_path / "report", resamples=0, gallery=GallerySettings(max_images=0))

@@ -8,12 +8,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 from helpers import train_config
 
 from histo.config_check import ConfigError
 from histo.data.breakhis import build_index
+from histo.data.datamodule import BreakHisDataModule, load_data
 from histo.evaluation import predictions
+from histo.evaluation.prediction_writer import PredictionWriter
 from histo.evaluation.run_dir import RunDir
+from histo.models import Classifier
 from histo.train import train
 
 
@@ -95,6 +99,28 @@ def test_ddp_on_two_cpu_processes_predicts_each_image_once(synthetic_root, tmp_p
         frame = run.read_predictions(name)
         assert len(frame) == n and frame["image"].is_unique
     assert run.record()["split"]["strategy"] == "file"
+
+
+def test_each_prediction_file_holds_the_split_its_loader_served(synthetic_root, tmp_path):
+    """The writer names each predict loader's output by the split the datamodule says it serves, not by the
+    loader's position: a datamodule that serves test first still gets val.csv of the val images."""
+
+    class TestFirst(BreakHisDataModule):
+        predict_splits = ("test", "val")
+
+    cfg = train_config(tmp_path, synthetic_root, "split=patient")
+    data = load_data(cfg.data, cfg.split, cfg.paths.synthetic_dir)
+    model = Classifier("tf_efficientnet_b0", list(data.class_names), image_size=32)
+    for name, kind in (("usual", BreakHisDataModule), ("test_first", TestFirst)):
+        datamodule = kind(data, image_size=32, batch_size=16, num_workers=0)
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, callbacks=[PredictionWriter(tmp_path / name, datamodule)])
+        trainer.predict(model, datamodule=datamodule, return_predictions=False)
+    for split in ("val", "test"):
+        usual, test_first = (predictions.read(tmp_path / name / "predictions" / f"{split}.csv")
+                             for name in ("usual", "test_first"))
+        assert sorted(usual["image"]) == sorted(data.split.images(split))
+        pd.testing.assert_frame_equal(test_first, usual)
 
 
 def test_wandb_offline_logs_and_closes_the_run(synthetic_root, tmp_path, monkeypatch):

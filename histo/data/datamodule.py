@@ -109,12 +109,14 @@ def load_data(data_cfg, split_cfg, synthetic_dir: str | Path) -> Data:
 
 class BreakHisDataModule(pl.LightningDataModule):
     """Train, val and test loaders of one :class:`Data`. ``batch_size`` is the global batch: under
-    DDP each process loads ``batch_size / world_size`` images per step. Prediction serves val and
-    test (in that order) without augmentation. ``stain`` normalizes every split (as the paper did).
+    DDP each process loads ``batch_size / world_size`` images per step. Prediction serves the
+    ``predict_splits`` (val and test), one loader each in that order, without augmentation. ``stain`` normalizes every split (as the paper did).
     ``cache`` (a :class:`histo.data.cache.ImageCache` at ``image_size``, stain-normalized with
     ``stain``) replaces reading, normalizing and resizing PNGs. The training loader applies the
     augmentations ``augment.run_on=loader`` puts there; with ``augment.run_on=device`` the module applies
     the geometric ones to the batch (:class:`histo.models.Classifier`, ``on_after_batch_transfer``)."""
+
+    predict_splits: tuple[str, ...] = PREDICTED_SPLITS  # the split of each predict loader, in loader order
 
     def __init__(
         self,
@@ -151,6 +153,10 @@ class BreakHisDataModule(pl.LightningDataModule):
             raise ValueError(f"data.batch_size={self.batch_size} must be divisible by the {world} DDP processes.")
         self._per_device_batch = self.batch_size // world
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.data.class_names
+
     def split_table(self, name: str) -> pd.DataFrame:
         """The rows of one split, in the order its dataset serves them."""
         return self._table.loc[self._table["split"] == name].reset_index(drop=True)
@@ -186,4 +192,4 @@ class BreakHisDataModule(pl.LightningDataModule):
         return self._loader("val", shuffle=False)
 
     def predict_dataloader(self) -> list[DataLoader]:
-        return [self._loader(name, shuffle=False) for name in PREDICTED_SPLITS]
+        return [self._loader(name, shuffle=False) for name in self.predict_splits]

@@ -14,11 +14,14 @@ methods), not from their run.json, so every number in the table is comparable an
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
 
 from histo.ensemble import fitted, table
 from histo.ensemble.folds import val_folds
-from histo.ensemble.members import EnsembleError, Member, load_members
+from histo.ensemble.members import EnsembleError, Member, Members, load_members
 from histo.ensemble.methods import DEFAULT, METHODS, Combination, check_settings, combine, selected
 from histo.evaluation import bootstrap, calibration, metrics, paper, predictions
 from histo.evaluation.json_file import write_json
@@ -47,64 +50,113 @@ def run_ensemble(
 ) -> dict:
     """Combine the runs at ``runs`` with each of ``methods`` (names, or ``default`` / ``all``: see
     :func:`histo.ensemble.methods.selected`), write the outputs into ``out``; returns metrics.json."""
-    methods = selected(methods)
-    _check_options(methods, compare_to, rank_by, settings or {})
-    fitted_methods = [m for m in methods if METHODS[m].fitted]
+    methods, settings = selected(methods), settings or {}
+    _check_options(methods, compare_to, rank_by, settings)
     members = load_members(runs)
     log.info("Members (%s, split %s %s): %s", members.task, members.split["strategy"], members.split["fingerprint"],
              ", ".join(f"{m.name} ({m.run.path})" for m in members))
-    val_cv = None
-    if fitted_methods:
-        try:
-            val_cv = val_folds(members.labels("val"), members.patients("val"), folds, seed)
-        except ValueError as error:
-            raise EnsembleError(f"Methods {', '.join(fitted_methods)} cannot be fitted: {error}") from error
-
+    val_cv = _val_folds(methods, members, folds, seed)
     out = Path(out)
-    test_meta = members.frame("test")
     member_entries = {m.name: _member_entry(m) for m in members}
-    combinations: dict[str, Combination] = {}
-    method_entries, method_frames = {}, {}
-    for method in methods:
-        log.info("Method %s ...", method)
-        combinations[method] = combine(method, members, val_cv, seed, (settings or {}).get(method))
-        method_frames[method] = predictions.make_frame(test_meta, combinations[method].test_logits(),
-                                                       members.class_names)
-        path = predictions.write(method_frames[method], out / "predictions" / f"{method}_test.csv")
-        method_entries[method] = {
-            "row": paper.ensemble_key(name, method),
-            "description": METHODS[method].description,
-            "members": members.names,
-            "predictions": str(path.relative_to(out)),
-            "details": combinations[method].details,
-        }
-
-    def score(entry, test_frame, val_logits, val_labels, fitted_on, kind="probability"):
-        entry["test"] = metrics.evaluate(test_frame, resamples=resamples, seed=seed, level=level, score=kind)
-        if calibrate and kind == "probability":  # votes are not probabilities: nothing to calibrate
-            entry["calibration"] = _temperature(val_logits, val_labels, test_frame, fitted_on)
-
-    for member in members:
-        score(member_entries[member.name], member.frames["test"], predictions.logits(member.frames["val"]),
-              members.labels("val"), "val")
-        member_entries[member.name]["val"] = {"overall": metrics.evaluate(member.frames["val"], resamples=0)["overall"]}
-    for method, combination in combinations.items():
-        score(method_entries[method], method_frames[method], combination.val_logits(),
-              members.labels("val")[combination.val_rows], METHODS[method].val_used, METHODS[method].score)
-
-    for method, combination in combinations.items():
-        temperature = (method_entries[method].get("calibration") or {}).get("temperature")
-        path = fitted.save(out, combination, members, temperature)
-        fitted.check(path, combination, members)
-        method_entries[method]["fitted"] = str(path.relative_to(out))
-
+    outputs = {method: _apply(method, members, val_cv, seed, settings.get(method), name, out) for method in methods}
+    scoring = Scoring(resamples, seed, level, calibrate)
+    _score_members(members, member_entries, scoring)
+    _score_methods(outputs, members, scoring)
+    _save_fitted(out, outputs, members)
     # the reference member is chosen on val: choosing it on test would select on the numbers it is judged by
     best = max(member_entries, key=lambda k: rank_value(member_entries[k]["val"]["overall"], rank_by))
-    labels = test_meta["label"].to_numpy()
+    _mcnemar_vs_best_member(outputs, members, best)
+    document = _metrics_document(name, members, val_cv, scoring, rank_by, best, compare_to, member_entries, outputs)
+    _write(out, document, compare_to)
+    return document
+
+
+@dataclass(frozen=True)
+class MethodOutput:
+    """One method's combination of the members, its test prediction frame, and its metrics.json entry
+    (filled in as the stage goes: scores, fitted file, McNemar test)."""
+
+    combination: Combination
+    frame: pd.DataFrame  # test predictions, in the prediction-file contract
+    entry: dict
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How every member and method is scored: the same bootstrap for all, and a temperature when asked."""
+
+    resamples: int
+    seed: int
+    level: float
+    calibrate: bool
+
+    def score(self, entry: dict, test_frame, val_logits, val_labels, fitted_on: str, kind: str = "probability") -> None:
+        """``entry["test"]``: the metrics of ``test_frame``; ``entry["calibration"]``: a temperature fitted on
+        the val logits (votes are not probabilities: nothing to calibrate)."""
+        entry["test"] = metrics.evaluate(test_frame, resamples=self.resamples, seed=self.seed, level=self.level,
+                                         score=kind)
+        if self.calibrate and kind == "probability":
+            entry["calibration"] = _temperature(val_logits, val_labels, test_frame, fitted_on)
+
+
+def _val_folds(methods: list[str], members: Members, folds: int, seed: int):
+    """The patient-grouped val folds the fitted methods are fitted on (None when no method is fitted)."""
+    fitted_methods = [m for m in methods if METHODS[m].fitted]
+    if not fitted_methods:
+        return None
+    try:
+        return val_folds(members.labels("val"), members.patients("val"), folds, seed)
+    except ValueError as error:
+        raise EnsembleError(f"Methods {', '.join(fitted_methods)} cannot be fitted: {error}") from error
+
+
+def _apply(method: str, members: Members, val_cv, seed: int, settings: dict | None, name: str, out: Path) -> MethodOutput:
+    """Combine the members with ``method`` and write its test prediction file."""
+    log.info("Method %s ...", method)
+    combination = combine(method, members, val_cv, seed, settings)
+    frame = predictions.make_frame(members.frame("test"), combination.test_logits(), members.class_names)
+    path = predictions.write(frame, out / "predictions" / f"{method}_test.csv")
+    return MethodOutput(combination, frame, {
+        "row": paper.ensemble_key(name, method),
+        "description": METHODS[method].description,
+        "members": members.names,
+        "predictions": str(path.relative_to(out)),
+        "details": combination.details,
+    })
+
+
+def _score_members(members: Members, entries: dict[str, dict], scoring: Scoring) -> None:
+    """Each member's test metrics (and calibration) and its val metrics, which choose the best member."""
+    for member in members:
+        scoring.score(entries[member.name], member.frames["test"], predictions.logits(member.frames["val"]),
+                      members.labels("val"), "val")
+        entries[member.name]["val"] = {"overall": metrics.evaluate(member.frames["val"], resamples=0)["overall"]}
+
+
+def _score_methods(outputs: dict[str, MethodOutput], members: Members, scoring: Scoring) -> None:
+    """Each method's test metrics, and its calibration fitted on the val predictions it reports."""
+    for method, output in outputs.items():
+        combination = output.combination
+        scoring.score(output.entry, output.frame, combination.val_logits(), members.labels("val")[combination.val_rows],
+                      METHODS[method].val_used, METHODS[method].score)
+
+
+def _save_fitted(out: Path, outputs: dict[str, MethodOutput], members: Members) -> None:
+    """``fitted/<method>.json`` (with the temperature, when calibrated), checked to reproduce the method's output."""
+    for output in outputs.values():
+        temperature = (output.entry.get("calibration") or {}).get("temperature")
+        path = fitted.save(out, output.combination, members, temperature)
+        fitted.check(path, output.combination, members)
+        output.entry["fitted"] = str(path.relative_to(out))
+
+
+def _mcnemar_vs_best_member(outputs: dict[str, MethodOutput], members: Members, best: str) -> None:
+    """McNemar's test of each method against the member ``best`` on the test images."""
+    labels = members.frame("test")["label"].to_numpy()
     best_correct = predictions.probabilities(members.by_name(best).frames["test"]).argmax(axis=1) == labels
-    for method, entry in method_entries.items():
-        test = mcnemar(combinations[method].test.argmax(axis=1) == labels, best_correct)
-        entry["mcnemar_vs_best_member"] = {
+    for output in outputs.values():
+        test = mcnemar(output.combination.test.argmax(axis=1) == labels, best_correct)
+        output.entry["mcnemar_vs_best_member"] = {
             "best_member": best,
             "n_images": test["n_images"],
             "ensemble_only_correct": test["a_only_correct"],
@@ -112,31 +164,39 @@ def run_ensemble(
             "p_value": test["p_value"],
         }
 
-    document = {
+
+def _metrics_document(name: str, members: Members, val_cv, scoring: Scoring, rank_by: str, best: str,
+                      compare_to: str | None, member_entries: dict[str, dict], outputs: dict[str, MethodOutput]) -> dict:
+    """metrics.json: the members and methods with their scores, and how they were made."""
+    test = members.frame("test")
+    return {
         "name": name,
         "task": members.task,
         "class_names": members.class_names,
         "positive_class": members.class_names[1] if len(members.class_names) == 2 else None,
         "split": {**members.split, "test_patients_in_train": members.members[0].record["split"].get(
             "test_patients_in_train")},
-        "test": {"n_images": len(test_meta), "n_patients": int(test_meta["patient"].nunique())},
+        "test": {"n_images": len(test), "n_patients": int(test["patient"].nunique())},
         "val_folds": val_cv.describe() if val_cv else None,
-        "warnings": _warnings(val_cv, fitted_methods),
-        "bootstrap": bootstrap.describe(resamples, seed, level) if resamples > 0 else None,
+        "warnings": _warnings(val_cv, [m for m in outputs if METHODS[m].fitted]),
+        "bootstrap": bootstrap.describe(scoring.resamples, scoring.seed, scoring.level) if scoring.resamples > 0 else None,
         "rank_by": rank_by,
         "best_member": best,
         "best_member_chosen_on": "val",
-        "calibrate": bool(calibrate),
+        "calibrate": bool(scoring.calibrate),
         "compare_to": compare_to,
         "members": member_entries,
-        "methods": method_entries,
+        "methods": {method: output.entry for method, output in outputs.items()},
     }
+
+
+def _write(out: Path, document: dict, compare_to: str | None) -> None:
+    """metrics.json and table.md (with the paper's columns for ``compare_to=paper``)."""
     write_json(out / "metrics.json", document)
     markdown = table.render(document, paper.paper_results() if compare_to == "paper" else None)
     (out / "table.md").write_text(markdown)
     log.info("Ensemble outputs in %s: metrics.json, table.md, predictions/<method>_test.csv, fitted/<method>.json"
              "\n\n%s", out, markdown)
-    return document
 
 
 def _check_options(methods: list[str], compare_to, rank_by: str, settings: dict) -> None:

@@ -1,7 +1,8 @@
 """A training run's directory: where its files are, its ``run.json`` record, and what state it is in.
 
-    <run>/run.json                 what the run was and what it scored (written by histo.train); written last and
-                                   atomically, so a directory with a run.json holds a finished run
+    <run>/run.json                 what the run was and what it scored (laid out by histo.run_record, written
+                                   by histo.train); written last and atomically, so a directory with a run.json
+                                   holds a finished run
     <run>/split.csv                the split it used (fingerprint in run.json)
     <run>/predictions/{val,test}.csv
     <run>/features/{val,test}.npy  penultimate features (predict.features=true)

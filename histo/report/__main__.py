@@ -17,15 +17,15 @@ matplotlib.use("Agg")
 
 def report(cfg: DictConfig, out: str):
     """Run the report stage for a composed ``report`` config, writing into ``out``."""
+    from histo.report.gallery import GallerySettings
     from histo.report.stage import run_report
 
     runs = [cfg.runs] if isinstance(cfg.runs, str) else list(cfg.runs or [])
     explain = cfg.explain if isinstance(cfg.explain, str) or cfg.explain is None else OmegaConf.to_container(cfg.explain)
     return run_report(
         runs, out, split=cfg.split, title=cfg.title, compare_to=cfg.compare_to, explain=explain,
-        rank_by=cfg.rank_by, ensemble_members=cfg.ensemble_members, gallery_max=cfg.gallery.max_images,
-        thumbnail=cfg.gallery.thumbnail, data_root=cfg.data_root, resamples=cfg.bootstrap.resamples,
-        level=cfg.bootstrap.level, seed=cfg.seed,
+        rank_by=cfg.rank_by, ensemble_members=cfg.ensemble_members, gallery=GallerySettings(**cfg.gallery),
+        data_root=cfg.data_root, resamples=cfg.bootstrap.resamples, level=cfg.bootstrap.level, seed=cfg.seed,
     )
 
 

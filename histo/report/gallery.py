@@ -25,6 +25,44 @@ from histo.report.sources import ReportError
 log = logging.getLogger("histo.report")
 
 
+@dataclass(frozen=True)
+class GallerySettings:
+    """``gallery`` of conf/report.yaml."""
+
+    max_images: int = 40  # misclassified images shown, most often and most confidently wrong first
+    thumbnail: int = 240  # px: width of each image as stored (never enlarged); the model's input beside it
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """The report's gallery section."""
+
+    wrong: list[dict]  # every misclassified image (:func:`misclassified`), for metrics.json
+    shown: list[dict]  # the first ``max_images`` of them, shown as cards
+    thumbs: dict[str, Thumb]  # image -> its pictures (:func:`thumbnails`)
+    montages: dict[str, Path]  # image -> its Grad-CAM montage (:func:`find_montages`)
+    note: str  # what the section shows, and why pictures or montages are missing
+
+
+def make_gallery(rows, class_names: list[str], split: str, settings: GallerySettings, explain, data_root,
+                 out: Path) -> Gallery:
+    """The misclassified images of ``rows``, the shown ones' pictures written into ``out``, and the montages
+    of the ``explain`` outputs (and of ``<dir>/explain`` of every input)."""
+    wrong = misclassified(rows, class_names)
+    shown = wrong[:settings.max_images]
+    thumbs, why = thumbnails(rows, [w["image"] for w in shown], out, settings.thumbnail, data_root)
+    montages = find_montages(explain_dirs(explain, rows))
+    note = (f"{len(wrong)} {split} image(s) misclassified by at least one row"
+            + (f"; the {len(shown)} most often and most confidently wrong are shown" if len(wrong) > len(shown) else "")
+            + ". Each image as stored, beside the input of the first run's model (its size, interpolation "
+              "and stain normalization); ranked as histo-explain ranks them (single models: most often, then "
+              "most confidently wrong), then the images only ensembles get wrong."
+            + (f" No images: {why}" if why else "")
+            + (f" Grad-CAM montages for {sum(w['image'] in montages for w in shown)} of them (histo-explain)."
+               if montages else " No Grad-CAM montages: run histo-explain (out=<run dir>/explain) or pass explain=<dir>."))
+    return Gallery(wrong, shown, thumbs, montages, note)
+
+
 def misclassified(rows, class_names: list[str]) -> list[dict]:
     """Images that any row classifies wrongly: first those the single-model rows get wrong, most often and most
     confidently wrong first (histo-explain's order over the same runs), then those only ensembles get wrong."""
