@@ -110,7 +110,8 @@ def load_data(data_cfg, split_cfg, synthetic_dir: str | Path) -> Data:
 class BreakHisDataModule(pl.LightningDataModule):
     """Train, val and test loaders of one :class:`Data`. ``batch_size`` is the global batch: under
     DDP each process loads ``batch_size / world_size`` images per step. Prediction serves the
-    ``predict_splits`` (val and test), one loader each in that order, without augmentation. ``stain`` normalizes every split (as the paper did).
+    ``predict_splits`` (val and test), one loader each in that order, without augmentation. ``stain``
+    normalizes every split (as the paper did).
     ``cache`` (a :class:`histo.data.cache.ImageCache` at ``image_size``, stain-normalized with
     ``stain``) replaces reading, normalizing and resizing PNGs. The training loader applies the
     augmentations ``augment.run_on=loader`` puts there; with ``augment.run_on=device`` the module applies

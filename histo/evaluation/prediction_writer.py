@@ -41,7 +41,6 @@ class PredictionWriter(pl.Callback):
     def __init__(self, run_dir: str | Path, source: PredictionSource):
         self.run = RunDir(run_dir)
         self.source = source
-        self.written: dict[str, Path] = {}
         self._parts: dict[int, dict[str, list]] = {}
 
     def on_predict_epoch_start(self, trainer, pl_module) -> None:
@@ -70,7 +69,7 @@ class PredictionWriter(pl.Callback):
                 f"(e.g. {table['image'].iloc[missing[0]]}); limit_predict_batches must stay 1.0."
             )
         frame = predictions.make_frame(table, merged["logits"][first], list(self.source.class_names))
-        self.written[split] = predictions.write(frame, self.run.predictions_path(split))
+        predictions.write(frame, self.run.predictions_path(split))
         if "features" in merged:
             order = table["image"].iloc[index].argsort(kind="stable").to_numpy()  # rows as in the CSV
             features_path = self.run.features_path(split)
