@@ -22,7 +22,8 @@ accuracy-type metrics and an AUROC that ranks images by vote share (ties count h
 calibration: ``score="vote_share"`` reports ECE and log loss as None.
 
 Each metric is one :class:`Metric` of :data:`REGISTRY` (name, column title, direction, computation from
-:class:`Counts`); the tables, ``rank_by``/``--sort`` choices, histo-compare's columns and the tests derive from it.
+:class:`Counts`); the tables, the ``rank_by`` and histo-compare ``sort=`` choices, histo-compare's columns
+and the tests derive from it.
 """
 
 from __future__ import annotations
@@ -132,8 +133,8 @@ class Counts:
 
 @dataclass(frozen=True)
 class Metric:
-    """One metric, declared once: its name (run.json, metrics.json, ``rank_by``, ``--sort``), its column title
-    in table.md and the report, how it is computed, and where it is shown."""
+    """One metric, declared once: its name (run.json, metrics.json, ``rank_by``, histo-compare's ``sort``), its
+    column title in table.md and the report, how it is computed, and where it is shown."""
 
     name: str
     title: str

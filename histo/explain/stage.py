@@ -56,27 +56,66 @@ def run_explain(
     max_images: int | None = None,
 ) -> dict:
     """Explain ``images`` of the runs at ``runs`` into ``out``; returns the manifest (explain.json)."""
+    _check_options(method, target, batch_size)
+    explained = load_runs(runs, data_root)
+    selected, how = select_images(explained, images, n, split, misclassified_by, seed, max_images)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    models = _load_models(explained, device, layer)
+    log.info("Explaining %d image(s) with %d model(s) (%s at %s): %s", len(selected), len(explained), method, layer,
+             how)
+    out = Path(out)
+    entries = _explain_images(out, selected, explained, models, device, batch_size, method, layer, target,
+                              image_weight)
+    _warn_if_unlike_prediction_files(entries)
+    manifest = {
+        "method": method,
+        "layer": layer,
+        "target": target,
+        "class_agnostic": method in CLASS_AGNOSTIC,
+        "selection": how,
+        "split": split,
+        "misclassified_by": misclassified_by if images == "misclassified" else None,
+        "class_names": explained[0].inputs.class_names,
+        "runs": [_run_entry(r) for r in explained],
+        "data_root": str(explained[0].inputs.root.resolve()),
+        "images": entries,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / MANIFEST, manifest)
+    index = write_index(out, manifest)
+    log.info("Explain outputs in %s: %s, %s, montages/, overlays/", out, index.name, MANIFEST)
+    return manifest
+
+
+def _check_options(method: str, target: str, batch_size: int) -> None:
     if method not in METHODS:
         raise ExplainError(f"method={method!r} is not a CAM method; use one of {', '.join(METHODS)}.")
     if target not in TARGETS:
         raise ExplainError(f"target={target!r} is not valid; use predicted (each model's prediction) or true.")
     if batch_size < 1:
         raise ExplainError(f"batch_size={batch_size} must be at least 1.")
-    explained = load_runs(runs, data_root)
-    selected, how = select_images(explained, images, n, split, misclassified_by, seed, max_images)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def _load_models(explained: list[ExplainRun], device: str, layer: str) -> dict:
+    """Each run's best checkpoint on ``device`` (run name -> model); an unknown ``layer`` fails here, naming
+    the valid ones."""
     models = {}
     for run in explained:
         models[run.name] = run.load_model(device)
-        target_layer(models[run.name].net, layer)  # fail early, naming valid layers
+        target_layer(models[run.name].net, layer)
+    return models
+
+
+def _explain_images(out: Path, selected, explained: list[ExplainRun], models: dict, device: str, batch_size: int,
+                    method: str, layer: str, target: str, image_weight: float) -> list[dict]:
+    """Every model's map of each selected image, ``batch_size`` images at a time, then each image's overlays
+    and montage; the manifest entry of each image, in order."""
     class_names = explained[0].inputs.class_names
-    out = Path(out)
     reference = _reference_probabilities(explained, selected)
     stems = _stems(selected["image"].tolist())
-    log.info("Explaining %d image(s) with %d model(s) (%s at %s): %s", len(selected), len(explained), method, layer, how)
-
     entries = []
-    progress = tqdm(total=len(selected) * (len(explained) + 1), unit="step", desc=method)  # per image: each map, the montage
+    # per image: each model's map, then the montage
+    progress = tqdm(total=len(selected) * (len(explained) + 1), unit="step", desc=method)
     for start in range(0, len(selected), batch_size):
         chunk = selected.iloc[start:start + batch_size]
         labels = chunk["label"].to_numpy()
@@ -90,38 +129,27 @@ def run_explain(
             progress.update(len(chunk))
         progress.set_postfix_str(f"images {start + 1}-{start + len(chunk)}: montages")
         for i, row in enumerate(chunk.itertuples(index=False)):
-            stem = stems[start + i]
-            entries.append(_explain_image(out, row, stem, explained, per_run, i, class_names, method, layer,
-                                          target, image_weight, reference))
+            entries.append(_explain_image(out, row, stems[start + i], explained, per_run, i, class_names, method,
+                                          layer, target, image_weight, reference))
             progress.update(1)
     progress.close()
+    return entries
 
+
+def _warn_if_unlike_prediction_files(entries: list[dict]) -> None:
     mismatched = [e for e in entries if (e["max_abs_diff_vs_prediction_file"] or 0) > PROB_TOLERANCE]
     if mismatched:
         log.warning("%d image(s) got probabilities that differ from the runs' prediction files by more than %g "
                     "(first: %s); the evaluation input may not be the one the run predicted on.",
                     len(mismatched), PROB_TOLERANCE, mismatched[0]["image"])
-    manifest = {
-        "method": method,
-        "layer": layer,
-        "target": target,
-        "class_agnostic": method in CLASS_AGNOSTIC,
-        "selection": how,
-        "split": split,
-        "misclassified_by": misclassified_by if images == "misclassified" else None,
-        "class_names": class_names,
-        "runs": [{"name": r.name, "label": r.label, "model": r.model_name, "family": r.family,
-                  "path": str(r.path.resolve()), "checkpoint": str(r.checkpoint.resolve()),
-                  "image_size": r.inputs.image_size, "interpolation": r.inputs.interpolation,
-                  "stain": r.inputs.stain_method} for r in explained],
-        "data_root": str(explained[0].inputs.root.resolve()),
-        "images": entries,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / MANIFEST, manifest)
-    index = write_index(out, manifest)
-    log.info("Explain outputs in %s: %s, %s, montages/, overlays/", out, index.name, MANIFEST)
-    return manifest
+
+
+def _run_entry(run: ExplainRun) -> dict:
+    """What explain.json records of a run."""
+    return {"name": run.name, "label": run.label, "model": run.model_name, "family": run.family,
+            "path": str(run.path.resolve()), "checkpoint": str(run.checkpoint.resolve()),
+            "image_size": run.inputs.image_size, "interpolation": run.inputs.interpolation,
+            "stain": run.inputs.stain_method}
 
 
 def _explain_image(out: Path, row, stem: str, runs: list[ExplainRun], per_run: dict, i: int, class_names,
