@@ -22,7 +22,7 @@ from histo.data.splits import STRATEGIES
 from histo.data.transforms import BORDERS, INTERPOLATIONS
 from histo.evaluation.metrics import METRICS
 from histo.models.module import OPTIMIZERS, SCHEDULERS
-from histo.stain.methods import AUTO, METHODS, NONE
+from histo.stain.methods import AUTO, METHODS, NONE, unknown_settings
 from histo.stain.normalizer import ON_FAILURE
 
 MIN_IMAGE_SIZE = 32  # EfficientNets downsample 32x: smaller inputs leave no spatial map
@@ -154,6 +154,7 @@ def _check_stain(checks: _Checks) -> None:
     checks.choice("stain.on_failure", ON_FAILURE)
     if method not in METHODS:  # none (no normalizer), or an error reported above
         return
+    checks.problems += unknown_settings(method, checks.value("stain"))
     target, target_file = checks.value("stain.target"), checks.value("stain.target_file")
     if target and target_file:
         checks.problems.append("stain.target and stain.target_file are both set: choose one")

@@ -38,6 +38,8 @@ REPO = Path(CONF_DIR).parent
     (["optim.optimizer=sgd"], "optim.optimizer=sgd: must be one of adam, adamw"),
     (["trainer.precision=8"], "trainer.precision=8: must be one of 32-true"),
     (["stain=vahadane"], "stain.method=vahadane needs a target: stain.target=<image>"),
+    (["stain=macenko", "stain.target=auto", "+stain.sample=10"],
+     r"stain.sample=10: not a setting of stain method macenko; its settings: io, alpha, beta, on_failure"),
     (["stain.method=bogus"], "stain.method=bogus: must be one of none, "),  # none, then the registered methods
     (["model.weights=/no/such.pth"], "model.weights=/no/such.pth: no such file"),
     (["trainer.deterministic=maybe"], "trainer.deterministic=maybe: must be true, false or warn"),

@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from histo import CONF_DIR
+from histo.command import UserError
 from histo.data.dataset import read_rgb
 from histo.data.transforms import augmentations, train_transform
 from histo.stain import METHODS, StainError, StainTarget
@@ -193,8 +194,8 @@ def test_histo_stain_refuses_to_write_inside_its_input(tmp_path, synthetic_root,
         run_command(cfg)
     cfg = stain_config([f"stain.target={synthetic_root / images[0]}", f"input={synthetic_root}",
                         f"output={tmp_path / 'out'}", "+stain.sample=10"])
-    with pytest.raises(ValueError, match="Invalid settings for stain method 'vahadane'.*sample"):
-        run_command(cfg)
+    with pytest.raises(UserError, match=r"stain.sample=10: not a setting of stain method vahadane; its settings: .*samples"):
+        run_command(cfg)  # a UserError: one line and exit status 2 from the command
 
 
 def test_the_real_histo_stain_command(synthetic_root, images, tmp_path):

@@ -8,10 +8,12 @@ settings, passed to its constructor.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from histo.command import UserError
 from histo.data.breakhis import DataError
 from histo.data.image_file import read_rgb
 from histo.stain.normalizer import METHODS, StainError, StainNormalizer
@@ -32,10 +34,29 @@ def make_normalizer(method: str, **options) -> StainNormalizer:
                          f"make_normalizer takes one of {', '.join(METHODS)}.")
     if method not in METHODS:
         raise ValueError(f"stain.method={method!r} is not valid; use one of {', '.join(METHODS)}.")
-    try:
-        return METHODS[method](**options)
-    except TypeError as e:
-        raise ValueError(f"Invalid settings for stain method {method!r}: {e}.") from e
+    problems = unknown_settings(method, options)
+    if problems:
+        raise UserError(f"{'; '.join(problems)}.")
+    return METHODS[method](**options)
+
+
+def unknown_settings(method: str, options: Mapping) -> list[str]:
+    """One message per key of ``options`` (a stain config) that is not a setting of ``method``."""
+    known = settings(method)
+    return [f"stain.{key}={value}: not a setting of stain method {method}; its settings: {', '.join(known)} "
+            f"(conf/stain/{method}.yaml)" for key, value in options.items() if key not in (*known, *NOT_SETTINGS)]
+
+
+def settings(method: str) -> list[str]:
+    """The settings a method's constructor takes: its own, then those every normalizer has."""
+    names: list[str] = []
+    for cls in METHODS[method].__mro__:
+        init = vars(cls).get("__init__")
+        for param in inspect.signature(init).parameters.values() if init else ():
+            if param.name != "self" and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY) \
+                    and param.name not in names:
+                names.append(param.name)
+    return names
 
 
 def fit_from_config(cfg: Mapping, root: str | Path | None = None, candidates: Sequence[str] = ()) -> StainNormalizer | None:
