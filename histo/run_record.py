@@ -46,7 +46,7 @@ def run_record(cfg, config: dict, run: RunDir, inputs, trainer, best: str, resum
         "stain": inputs.stain_record,
         "image_cache": inputs.cache.describe() if inputs.cache is not None else None,
         "checkpoint": str(_relative(best, run.path)) if best else None,
-        "best_val_acc": _float(trainer.checkpoint_callback.best_model_score) if best else None,
+        "best_val_accuracy": _float(trainer.checkpoint_callback.best_model_score) if best else None,
         "epochs": trainer.current_epoch,
         "resumed_after_epochs": resumed.get("epochs_completed") if resumed else None,
         "trainer": {"world_size": trainer.world_size, "precision": str(trainer.precision),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from histo.data.cache.keying import stain_key
 from histo.data.transforms import eval_transform
 
 
@@ -31,8 +32,7 @@ class ModelInput:
     @property
     def key(self) -> tuple:
         """Equal keys give equal inputs: members sharing a key share one prepared image."""
-        stain = "none" if self.stain is None else f"{self.stain.method}-{self.stain.target.fingerprint}"
-        return self.image_size, self.interpolation, stain
+        return self.image_size, self.interpolation, stain_key(self.stain)
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, str | None]:
         """RGB uint8 (H, W, 3) at any size -> the model's uint8 (S, S, 3) input, and why stain normalization

@@ -26,7 +26,8 @@ class CacheKey:
 
 
 def stain_key(normalizer) -> str:
-    """``none``, or the method and fingerprint of a fitted normalizer's target."""
+    """``none``, or the method and fingerprint of a fitted normalizer's target: images prepared with equal keys
+    are equal (the image cache's directory, :class:`histo.evaluation.model_input.ModelInput`'s key)."""
     if normalizer is None:
         return "none"
     return f"{normalizer.method}-{normalizer.target.fingerprint}"
